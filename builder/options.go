@@ -1,0 +1,82 @@
+// Package builder turns a Dockerfile and its build context into an image:
+// it parses the Dockerfile into a graph of stages, runs the steps the target
+// needs, and returns a go-containerregistry v1.Image stored in a local store.
+package builder
+
+import (
+	"io"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/imgbuild/imgbuild/layers"
+	"github.com/imgbuild/imgbuild/registry"
+)
+
+// Options configure one Build. The zero value of every field is documented.
+type Options struct {
+	// ContextDir is the build context directory. Ignored when ContextTar is set.
+	ContextDir string
+	// ContextTar, when non-nil, is the build context as a tar stream
+	// (`imgbuild build -`), optionally gzip/bzip2/xz compressed.
+	ContextTar io.Reader
+	// Dockerfile is the Dockerfile path; "" means ContextDir/Dockerfile (or the
+	// file named Dockerfile inside ContextTar).
+	Dockerfile string
+	// DockerfileContent, when non-nil, is used instead of reading Dockerfile
+	// (`-f -`). Dockerfile then only names it in error messages.
+	DockerfileContent []byte
+	// Tags are the references the result is tagged with in Store.
+	Tags []string
+	// BuildArgs are --build-arg values.
+	BuildArgs map[string]string
+	// Labels are added to the final image config (--label).
+	Labels map[string]string
+	// Target is the stage to build; "" means the last stage.
+	Target string
+	// Platform is the target platform "os/arch[/variant]"; "" means the host's.
+	Platform string
+	// NoCache disables the build cache.
+	NoCache bool
+	// SourceDateEpoch, when non-nil, clamps every timestamp in the image.
+	// When nil, the SOURCE_DATE_EPOCH build arg is used if given.
+	SourceDateEpoch *time.Time
+	// Store is the local store; required.
+	Store *layers.Store
+	// Registry configures base image pulls (auth, insecure registries).
+	Registry registry.Options
+	// Layer configures layer compression.
+	Layer layers.LayerOptions
+	// Progress, when non-nil, receives an Event as each step starts and ends.
+	Progress func(Event)
+	// Outputs are exported after a successful build (see ParseOutput).
+	Outputs []Output
+}
+
+// Result is a successful build.
+type Result struct {
+	Image        v1.Image
+	Digest       v1.Hash // manifest digest
+	ConfigDigest v1.Hash
+	Descriptor   v1.Descriptor
+	Tags         []string
+}
+
+// Event reports the progress of one step.
+type Event struct {
+	Step, Total int
+	Stage       string
+	Instruction string // as written, e.g. "COPY . /app"
+	Cached      bool
+	Started     time.Time
+	Done        time.Time // zero while the step runs
+	Log         []byte    // output of the step, if any
+	Err         error
+}
+
+// Output is one export target (`-o type=...`).
+type Output struct {
+	Type  string            // oci, docker, tar, local, registry
+	Dest  string            // file or directory; "-" is stdout for file types
+	Attrs map[string]string // remaining key=value attributes
+}
