@@ -1,7 +1,6 @@
 package layers
 
-// THIS FILE IS A TEMPORARY API SKETCH. Each helper replaces the stubs it owns
-// with real code in its own files and deletes the stub from here.
+// TEMPORARY API SKETCH owned by the store helper: replace with real files and delete this file.
 
 import (
 	"context"
@@ -13,6 +12,15 @@ import (
 )
 
 var errStub = errors.New("not implemented yet")
+
+// PruneReport says what Prune removed.
+type PruneReport struct {
+	Blobs int
+	Bytes int64
+}
+
+// Prune removes unreferenced blobs and stale temporary data.
+func (s *Store) Prune(ctx context.Context) (PruneReport, error) { return PruneReport{}, errStub }
 
 // Compression names a layer compression.
 type Compression string
@@ -44,20 +52,6 @@ type TarOptions struct {
 // WriteTar writes a deterministic tar (sorted, PAX, numeric ids, xattrs,
 // hardlinks as hardlinks) of the tree under root into w.
 func WriteTar(ctx context.Context, w io.Writer, root string, opts TarOptions) error {
-	return errStub
-}
-
-// ApplyOptions control Apply.
-type ApplyOptions struct {
-	// NoChown skips lchown of extracted entries (unprivileged extraction).
-	NoChown bool
-	// NoWhiteouts treats .wh. entries as ordinary files (ADD of a plain archive).
-	NoWhiteouts bool
-}
-
-// Apply extracts an uncompressed layer tar read from r into root with chroot
-// semantics: every entry is confined to root, OCI whiteouts are applied.
-func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) error {
 	return errStub
 }
 
