@@ -4,6 +4,7 @@ package layers
 
 import (
 	"context"
+	"errors"
 	"io"
 )
 
@@ -18,5 +19,5 @@ type ApplyOptions struct {
 // Apply extracts an uncompressed layer tar read from r into root with chroot
 // semantics: every entry is confined to root, OCI whiteouts are applied.
 func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) error {
-	return errStub
+	return errors.New("layers.Apply: not implemented yet")
 }
