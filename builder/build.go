@@ -1,0 +1,140 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/imgbuild/imgbuild/builder/dockerfile"
+)
+
+// build is the state of one Build call shared by its stages.
+type build struct {
+	opts   Options
+	bctx   *buildContext
+	plan   *plan
+	target v1.Platform
+	epoch  *time.Time
+	now    time.Time
+	tmp    string // scratch directory for this build, removed at the end
+	step   atomic.Int64
+
+	progressMu sync.Mutex
+	imagesMu   sync.Mutex
+	images     map[string]*stageResult // COPY --from=<image>, by reference
+}
+
+// Build builds the Dockerfile in opts and stores the result in opts.Store,
+// tagged with opts.Tags, then writes opts.Outputs.
+func Build(ctx context.Context, opts Options) (*Result, error) {
+	if opts.Store == nil {
+		return nil, errors.New("builder: Options.Store is required")
+	}
+	target, err := parsePlatform(opts.Platform)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := opts.Store.TempDir(ctx, "build-")
+	if err != nil {
+		return nil, fmt.Errorf("creating build directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+
+	bctx, err := loadContext(ctx, contextOptions{
+		Dir: opts.ContextDir, Tar: opts.ContextTar, Dockerfile: opts.Dockerfile,
+		DockerfileContent: opts.DockerfileContent, TempDir: filepath.Join(tmp, "context"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	f, err := dockerfile.Parse(bctx.Dockerfile, bctx.DockerfileName)
+	if err != nil {
+		return nil, err
+	}
+	p, err := newPlan(f, &opts, target, hostPlatform())
+	if err != nil {
+		return nil, err
+	}
+	b := &build{opts: opts, bctx: bctx, plan: p, target: target, now: time.Now().UTC(), tmp: tmp,
+		images: map[string]*stageResult{}}
+	if b.epoch, err = sourceDateEpoch(&opts, p); err != nil {
+		return nil, err
+	}
+	res, err := b.stageResult(ctx, p.target)
+	if err != nil {
+		return nil, err
+	}
+	return b.finish(ctx, res)
+}
+
+// sourceDateEpoch resolves SOURCE_DATE_EPOCH: the build arg first (as
+// BuildKit), then Options.SourceDateEpoch.
+func sourceDateEpoch(o *Options, p *plan) (*time.Time, error) {
+	v, ok := o.BuildArgs["SOURCE_DATE_EPOCH"]
+	if !ok {
+		v, ok = getEnv(p.globalArgs, "SOURCE_DATE_EPOCH")
+	}
+	if ok && v != "" {
+		sec, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("invalid SOURCE_DATE_EPOCH %q: %w", v, err)
+		}
+		t := time.Unix(sec, 0).UTC()
+		return &t, nil
+	}
+	if o.SourceDateEpoch != nil {
+		t := o.SourceDateEpoch.UTC()
+		return &t, nil
+	}
+	return nil, nil
+}
+
+// stageResult builds st once (starting its dependencies concurrently) and
+// waits for its result.
+func (b *build) stageResult(ctx context.Context, st *stage) (*stageResult, error) {
+	b.start(ctx, st)
+	select {
+	case <-st.done:
+		return st.res, st.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (b *build) start(ctx context.Context, st *stage) {
+	st.once.Do(func() {
+		for _, d := range st.deps {
+			b.start(ctx, d)
+		}
+		go func() {
+			defer close(st.done)
+			st.res, st.err = b.runStage(ctx, st)
+		}()
+	})
+}
+
+// createdTime is the timestamp of new history entries and the config.
+func (b *build) createdTime() time.Time {
+	if b.epoch != nil {
+		return *b.epoch
+	}
+	return b.now
+}
+
+// progress reports an event, serialized.
+func (b *build) progress(ev Event) {
+	if b.opts.Progress == nil {
+		return
+	}
+	b.progressMu.Lock()
+	defer b.progressMu.Unlock()
+	b.opts.Progress(ev)
+}

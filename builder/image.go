@@ -1,0 +1,230 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/imgbuild/imgbuild/layers"
+	"github.com/imgbuild/imgbuild/registry"
+)
+
+// resolveBase returns what a stage starts from: scratch, an earlier stage,
+// or an image from the local store or a registry.
+func (b *build) resolveBase(ctx context.Context, st *stage) (*stageResult, error) {
+	plat := b.target
+	if st.ins.Platform != "" {
+		p, err := parsePlatform(st.ins.Platform)
+		if err != nil {
+			return nil, err
+		}
+		plat = p
+	}
+	switch {
+	case st.base != nil:
+		res, err := b.stageResult(ctx, st.base)
+		if err != nil {
+			return nil, err
+		}
+		return res, nil
+	case strings.EqualFold(st.ins.BaseName, scratchName):
+		return b.scratch(plat), nil
+	}
+	return b.image(ctx, st.ins.BaseName, plat)
+}
+
+// scratch is BuildKit's empty image.
+func (b *build) scratch(plat v1.Platform) *stageResult {
+	cfg := &v1.ConfigFile{OS: plat.OS, Architecture: plat.Architecture, Variant: plat.Variant,
+		RootFS: v1.RootFS{Type: "layers"}}
+	cfg.Config.WorkingDir = "/"
+	cfg.Config.Env = []string{"PATH=" + defaultPath}
+	return &stageResult{cfg: cfg, platform: plat}
+}
+
+// image resolves ref for plat: a tag already in the local store is used as
+// is, anything else is pulled from its registry into the store.
+func (b *build) image(ctx context.Context, ref string, plat v1.Platform) (*stageResult, error) {
+	st := b.opts.Store
+	img, err := st.Image(ctx, ref)
+	if err != nil {
+		ropts := b.opts.Registry
+		ropts.Platform = &plat
+		remote, perr := registry.Pull(ctx, ref, ropts)
+		if perr != nil {
+			return nil, perr
+		}
+		dgst, perr := st.PutImage(ctx, remote)
+		if perr != nil {
+			return nil, fmt.Errorf("storing %s: %w", ref, perr)
+		}
+		if img, err = st.Image(ctx, dgst.String()); err != nil {
+			return nil, err
+		}
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("reading config of %s: %w", ref, err)
+	}
+	ls, err := img.Layers()
+	if err != nil {
+		return nil, fmt.Errorf("reading layers of %s: %w", ref, err)
+	}
+	cfg = cfg.DeepCopy()
+	p := plat
+	if cfg.OS != "" && cfg.Architecture != "" {
+		p = v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
+	}
+	return &stageResult{cfg: cfg, layers: ls, platform: p}, nil
+}
+
+// materialize extracts layers, in order, into a fresh directory.
+func (b *build) materialize(ctx context.Context, ls []v1.Layer) (string, error) {
+	dir, err := os.MkdirTemp(b.tmp, "rootfs-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
+	for _, l := range ls {
+		if err := applyLayer(ctx, dir, l); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+func applyLayer(ctx context.Context, dir string, l v1.Layer) error {
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return fmt.Errorf("opening layer: %w", err)
+	}
+	defer rc.Close()
+	if err := layers.Apply(ctx, dir, rc, layers.ApplyOptions{NoChown: os.Geteuid() != 0}); err != nil {
+		d, _ := l.Digest()
+		return fmt.Errorf("extracting layer %s: %w", d, err)
+	}
+	return nil
+}
+
+// finish assembles the target stage into an image, stores and tags it, and
+// writes the outputs.
+func (b *build) finish(ctx context.Context, res *stageResult) (*Result, error) {
+	cfg := res.cfg.DeepCopy()
+	if len(b.opts.Labels) > 0 && cfg.Config.Labels == nil {
+		cfg.Config.Labels = map[string]string{}
+	}
+	for k, v := range b.opts.Labels {
+		cfg.Config.Labels[k] = v
+	}
+	if b.opts.Platform != "" {
+		cfg.OS, cfg.Architecture, cfg.Variant = b.target.OS, b.target.Architecture, b.target.Variant
+	}
+	cfg.Created = v1.Time{Time: b.createdTime()}
+	img, err := assemble(cfg, res.layers)
+	if err != nil {
+		return nil, err
+	}
+	st := b.opts.Store
+	dgst, err := st.PutImage(ctx, img)
+	if err != nil {
+		return nil, fmt.Errorf("storing image: %w", err)
+	}
+	for _, t := range b.opts.Tags {
+		if err := st.Tag(ctx, t, dgst); err != nil {
+			return nil, fmt.Errorf("tagging %s: %w", t, err)
+		}
+	}
+	stored, err := st.Image(ctx, dgst.String())
+	if err != nil {
+		return nil, err
+	}
+	desc, err := partial.Descriptor(stored)
+	if err != nil {
+		return nil, err
+	}
+	cdgst, err := stored.ConfigName()
+	if err != nil {
+		return nil, err
+	}
+	out := &Result{Image: stored, Digest: dgst, ConfigDigest: cdgst, Descriptor: *desc, Tags: b.opts.Tags}
+	if len(b.opts.Outputs) > 0 {
+		if err := Export(ctx, out, b.opts.Outputs, ExportOptions{Registry: b.opts.Registry, Stdout: os.Stdout}); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// assemble makes an OCI image from a config and its layers. Layer media
+// types are normalized to OCI's.
+func assemble(cfg *v1.ConfigFile, ls []v1.Layer) (v1.Image, error) {
+	cfg.RootFS.Type = "layers"
+	cfg.RootFS.DiffIDs = nil
+	m := &v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1}
+	byDigest := map[v1.Hash]v1.Layer{}
+	for _, l := range ls {
+		diffID, err := l.DiffID()
+		if err != nil {
+			return nil, err
+		}
+		desc, err := partial.Descriptor(l)
+		if err != nil {
+			return nil, err
+		}
+		desc.MediaType = ociLayerType(desc.MediaType)
+		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, diffID)
+		m.Layers = append(m.Layers, *desc)
+		byDigest[desc.Digest] = l
+	}
+	rawCfg, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cdgst, csize, err := v1.SHA256(bytes.NewReader(rawCfg))
+	if err != nil {
+		return nil, err
+	}
+	m.Config = v1.Descriptor{MediaType: types.OCIConfigJSON, Digest: cdgst, Size: csize}
+	rawManifest, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return partial.CompressedToImage(&rawImage{cfg: rawCfg, manifest: rawManifest, layers: byDigest})
+}
+
+func ociLayerType(mt types.MediaType) types.MediaType {
+	switch mt {
+	case types.DockerLayer:
+		return types.OCILayer
+	case types.DockerUncompressedLayer:
+		return types.OCIUncompressedLayer
+	case "application/vnd.docker.image.rootfs.diff.tar.zstd":
+		return types.OCILayerZStd
+	}
+	return mt
+}
+
+// rawImage is an image held as its exact config and manifest bytes.
+type rawImage struct {
+	cfg, manifest []byte
+	layers        map[v1.Hash]v1.Layer
+}
+
+func (r *rawImage) RawConfigFile() ([]byte, error)      { return r.cfg, nil }
+func (r *rawImage) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+func (r *rawImage) RawManifest() ([]byte, error)        { return r.manifest, nil }
+func (r *rawImage) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
+	if l, ok := r.layers[h]; ok {
+		return l, nil
+	}
+	return nil, fmt.Errorf("layer %s not found", h)
+}
