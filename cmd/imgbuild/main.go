@@ -1,0 +1,16 @@
+// Command imgbuild builds OCI and Docker images from Dockerfiles without a
+// daemon. `imgbuild -t app:1.0 .` builds the Dockerfile in the current
+// directory into the local store; `imgbuild --help` lists the commands.
+package main
+
+import (
+	"context"
+	"os"
+)
+
+func main() {
+	ctx, stop := signalContext(context.Background(), os.Stderr)
+	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
