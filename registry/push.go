@@ -1,0 +1,120 @@
+package registry
+
+import (
+	"context"
+	"errors"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Push uploads img once and points every tag at it. Tags are grouped by
+// repository; in each repository blobs already present are skipped, the
+// others are uploaded once, and the manifest is written after its blobs,
+// then put under each further tag. A repository on a registry that already
+// received the image mounts the blobs from there instead of uploading them
+// again. The first failure stops the push and names its tag.
+func Push(ctx context.Context, img v1.Image, tags []string, opts Options) error {
+	if len(tags) == 0 {
+		return errors.New("pushing: no tag given")
+	}
+	parsed := make([]name.Tag, len(tags))
+	for i, t := range tags {
+		p, err := opts.parseTag(t)
+		if err != nil {
+			return &Error{Op: "pushing", Ref: t, Cause: "invalid reference: " + oneLine(err.Error()), Err: err}
+		}
+		parsed[i] = p
+	}
+	pusher, err := remote.NewPusher(opts.remoteOptions(ctx)...)
+	if err != nil {
+		return wrapErr("pushing", tags[0], parsed[0], err)
+	}
+	pushed := map[string]name.Reference{} // registry -> a repository holding the blobs
+	for _, group := range groupByRepo(parsed) {
+		src := img
+		if from, ok := pushed[group[0].RegistryStr()]; ok {
+			src = &mountFrom{Image: img, ref: from}
+		}
+		for _, t := range group {
+			if err := pusher.Push(ctx, t, src); err != nil {
+				return wrapErr("pushing", t.String(), t, err)
+			}
+		}
+		pushed[group[0].RegistryStr()] = group[0]
+	}
+	return nil
+}
+
+// groupByRepo groups tags by repository, keeping the order of first use.
+func groupByRepo(tags []name.Tag) [][]name.Tag {
+	var groups [][]name.Tag
+	index := map[string]int{}
+	for _, t := range tags {
+		key := t.Context().Name()
+		i, ok := index[key]
+		if !ok {
+			i = len(groups)
+			index[key] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], t)
+	}
+	return groups
+}
+
+// mountFrom presents img's layers as mountable from ref, a repository on the
+// same registry that already holds them.
+type mountFrom struct {
+	v1.Image
+	ref name.Reference
+}
+
+func (m *mountFrom) mountable(l v1.Layer) v1.Layer {
+	if ml, ok := l.(*remote.MountableLayer); ok {
+		l = ml.Layer
+	}
+	return &remote.MountableLayer{Layer: l, Reference: m.ref}
+}
+
+// Layers implements v1.Image.
+func (m *mountFrom) Layers() ([]v1.Layer, error) {
+	ls, err := m.Image.Layers()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]v1.Layer, len(ls))
+	for i, l := range ls {
+		out[i] = m.mountable(l)
+	}
+	return out, nil
+}
+
+// LayerByDigest implements v1.Image.
+func (m *mountFrom) LayerByDigest(h v1.Hash) (v1.Layer, error) {
+	l, err := m.Image.LayerByDigest(h)
+	if err != nil {
+		return nil, err
+	}
+	return m.mountable(l), nil
+}
+
+// LayerByDiffID implements v1.Image.
+func (m *mountFrom) LayerByDiffID(h v1.Hash) (v1.Layer, error) {
+	l, err := m.Image.LayerByDiffID(h)
+	if err != nil {
+		return nil, err
+	}
+	return m.mountable(l), nil
+}
+
+// ConfigLayer makes the config blob mountable too.
+func (m *mountFrom) ConfigLayer() (v1.Layer, error) {
+	l, err := partial.ConfigLayer(m.Image)
+	if err != nil {
+		return nil, err
+	}
+	return m.mountable(l), nil
+}
