@@ -1,17 +1,30 @@
 package builder
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
+	"log"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 func TestParseOutput(t *testing.T) {
@@ -168,4 +181,162 @@ func assertFiles(t *testing.T, dir string, want map[string]string) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("files in %s = %v, want %v", dir, got, want)
 	}
+}
+
+func TestExport(t *testing.T) {
+	skopeo, err := exec.LookPath("skopeo")
+	if err != nil {
+		t.Fatalf("skopeo is needed (apt-get install -y skopeo): %v", err)
+	}
+	ctx := context.Background()
+	img := ociImage(t, 2)
+	dgst, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawCfg, err := img.RawConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	dir := t.TempDir()
+	res := &Result{Image: img, Digest: dgst, Tags: []string{"example.com/app:1", "example.com/app:latest"}}
+	outs := []Output{
+		{Type: OutputOCI, Dest: filepath.Join(dir, "oci")},
+		{Type: OutputDocker, Dest: filepath.Join(dir, "app.tar")},
+		{Type: OutputDocker, Dest: filepath.Join(dir, "named.tar"), Attrs: map[string]string{"name": "other/name:2"}},
+		{Type: OutputTar, Dest: filepath.Join(dir, "fs.tar")},
+		{Type: OutputLocal, Dest: filepath.Join(dir, "rootfs")},
+		{Type: OutputTar, Dest: "-"},
+		{Type: OutputRegistry, Attrs: map[string]string{"name": host + "/team/app:1," + host + "/team/app:2"}},
+	}
+	var stdout bytes.Buffer
+	if err := Export(ctx, res, outs, ExportOptions{Stdout: &stdout}); err != nil {
+		t.Fatal(err)
+	}
+
+	skopeoConfig := func(ref string) []byte {
+		t.Helper()
+		out, err := exec.Command(skopeo, "inspect", "--config", ref).Output()
+		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				t.Fatalf("skopeo inspect --config %s: %v: %s", ref, err, ee.Stderr)
+			}
+			t.Fatalf("skopeo inspect --config %s: %v", ref, err)
+		}
+		return out
+	}
+	for _, ref := range []string{
+		"oci:" + filepath.Join(dir, "oci") + ":1",
+		"oci:" + filepath.Join(dir, "oci") + ":latest",
+		"docker-archive:" + filepath.Join(dir, "app.tar") + ":example.com/app:1",
+		"docker-archive:" + filepath.Join(dir, "app.tar") + ":example.com/app:latest",
+		"docker-archive:" + filepath.Join(dir, "named.tar") + ":docker.io/other/name:2",
+	} {
+		if got := skopeoConfig(ref); !jsonEqual(t, got, rawCfg) {
+			t.Errorf("%s: config %s, want %s", ref, got, rawCfg)
+		}
+	}
+
+	// The flattened filesystem, as tar file, on stdout and as a directory,
+	// holds every file of every layer (random layers do not overlap).
+	var want []string
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, tarNames(t, rc)...)
+		rc.Close()
+	}
+	sort.Strings(want)
+	f, err := os.Open(filepath.Join(dir, "fs.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if got := tarNames(t, f); !reflect.DeepEqual(sorted(got), want) {
+		t.Errorf("type=tar names = %v, want %v", got, want)
+	}
+	if got := tarNames(t, &stdout); !reflect.DeepEqual(sorted(got), want) {
+		t.Errorf("type=tar,dest=- names = %v, want %v", got, want)
+	}
+	for _, n := range want {
+		if _, err := os.Lstat(filepath.Join(dir, "rootfs", n)); err != nil {
+			t.Errorf("type=local: %v", err)
+		}
+	}
+
+	for _, tag := range []string{"1", "2"} {
+		ref, err := name.NewTag(host+"/team/app:"+tag, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		desc, err := remote.Head(ref, remote.WithContext(ctx))
+		if err != nil {
+			t.Fatalf("type=registry: %s: %v", ref, err)
+		}
+		if desc.Digest != dgst {
+			t.Errorf("type=registry: %s = %s, want %s", ref, desc.Digest, dgst)
+		}
+	}
+}
+
+func tarNames(t *testing.T, r io.Reader) []string {
+	t.Helper()
+	var names []string
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return names
+		}
+		if err != nil {
+			t.Fatalf("reading tar: %v", err)
+		}
+		names = append(names, strings.TrimPrefix(h.Name, "./"))
+	}
+}
+
+func sorted(s []string) []string {
+	s = append([]string(nil), s...)
+	sort.Strings(s)
+	return s
+}
+
+func jsonEqual(t *testing.T, a, b []byte) bool {
+	t.Helper()
+	var x, y any
+	if err := json.Unmarshal(a, &x); err != nil {
+		t.Fatalf("%v: %s", err, a)
+	}
+	if err := json.Unmarshal(b, &y); err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	return reflect.DeepEqual(x, y)
+}
+
+// ociImage is a random image with OCI media types (as Build makes them),
+// whose layers are small tars.
+func ociImage(t *testing.T, n int) v1.Image {
+	t.Helper()
+	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	for i := 0; i < n; i++ {
+		l, err := random.Layer(1024, types.OCILayer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return img
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/imgbuild/imgbuild/builder"
 	"github.com/imgbuild/imgbuild/layers"
+	"github.com/imgbuild/imgbuild/registry"
 )
 
 func buildCommand(s *streams) *cli.Command {
@@ -187,7 +188,8 @@ func parseKV(flag string, vals []string) (map[string]string, error) {
 	return m, nil
 }
 
-// parsePlatform checks the os/arch[/variant] form of --platform.
+// parsePlatform checks the os/arch[/variant] form of --platform ("local"
+// is the host's, as in buildx).
 func parsePlatform(p string) (string, error) {
 	if p == "" {
 		return "", nil
@@ -195,16 +197,10 @@ func parsePlatform(p string) (string, error) {
 	if strings.Contains(p, ",") {
 		return "", fmt.Errorf("invalid --platform %q: building for several platforms is not supported yet", p)
 	}
-	parts := strings.Split(p, "/")
-	if len(parts) < 2 || len(parts) > 3 {
-		return "", fmt.Errorf("invalid --platform %q: want os/arch[/variant]", p)
+	if _, err := registry.ParsePlatform(p); err != nil {
+		return "", err
 	}
-	for _, part := range parts {
-		if part == "" || strings.ContainsAny(part, " \t:") {
-			return "", fmt.Errorf("invalid --platform %q: want os/arch[/variant]", p)
-		}
-	}
-	return strings.ToLower(p), nil
+	return p, nil
 }
 
 // parseOutputs parses the -o values; --push adds a registry output unless
