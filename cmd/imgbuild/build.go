@@ -50,7 +50,8 @@ func buildCommand(s *streams) *cli.Command {
 
 // buildConfig is everything the build command takes from its flags.
 type buildConfig struct {
-	opts         builder.Options // Store and Progress are set by buildAction
+	opts         builder.Options  // Store and Progress are set by buildAction
+	outputs      []builder.Output // exported by buildAction, which owns stdout
 	iidFile      string
 	metadataFile string
 	quiet        bool
@@ -90,7 +91,7 @@ func buildOptions(c *cli.Context, s *streams) (*buildConfig, error) {
 	if o.Platform, err = parsePlatform(c.String("platform")); err != nil {
 		return nil, usagef(c, "%v", err)
 	}
-	if o.Outputs, err = parseOutputs(c.StringSlice("output"), c.Bool("push")); err != nil {
+	if cfg.outputs, err = parseOutputs(c.StringSlice("output"), c.Bool("push")); err != nil {
 		return nil, usagef(c, "%v", err)
 	}
 	if err := checkInsecure(o.Registry.Insecure); err != nil {
@@ -305,7 +306,7 @@ func buildAction(c *cli.Context, s *streams) error {
 		}
 	}
 	stdoutUsed := false
-	for _, out := range o.Outputs {
+	for _, out := range cfg.outputs {
 		if out.Dest == "-" {
 			stdoutUsed = true
 			if isTerminal(s.stdout) {
@@ -322,6 +323,10 @@ func buildAction(c *cli.Context, s *streams) error {
 		o.Progress = r.event
 	}
 	res, err := builder.Build(c.Context, *o)
+	if err != nil {
+		return err
+	}
+	err = builder.Export(c.Context, res, cfg.outputs, builder.ExportOptions{Registry: o.Registry, Stdout: s.stdout})
 	if err != nil {
 		return err
 	}

@@ -149,13 +149,13 @@ func TestBuildOptions(t *testing.T) {
 				Labels:    map[string]string{"org.x": "y", "bare": ""},
 				Target:    "final", Platform: "linux/arm64/v8", NoCache: true,
 				SourceDateEpoch: &epoch,
-				Outputs: []builder.Output{
-					{Type: "oci", Dest: "out"},
-					{Type: "docker", Dest: "app.tar", Attrs: map[string]string{"name": "app:2"}},
-					{Type: "registry"},
-				},
-				Layer:    layers.LayerOptions{Compression: layers.Zstd, Level: 19},
-				Registry: registry.Options{Insecure: []string{"localhost:5000", "h"}},
+				Layer:           layers.LayerOptions{Compression: layers.Zstd, Level: 19},
+				Registry:        registry.Options{Insecure: []string{"localhost:5000", "h"}},
+			},
+			outputs: []builder.Output{
+				{Type: "oci", Dest: "out"},
+				{Type: "docker", Dest: "app.tar", Attrs: map[string]string{"name": "app:2"}},
+				{Type: "registry"},
 			},
 			iidFile: "iid", metadataFile: "meta.json", progress: "json",
 		},
@@ -180,16 +180,16 @@ func TestBuildOptions(t *testing.T) {
 		stdin: stdin,
 		args:  []string{"-", "--push", "-o", "type=registry,name=x:1", "--compression=uncompressed"},
 		want: buildConfig{
-			opts: builder.Options{ContextTar: stdin, Outputs: []builder.Output{{Type: "registry", Attrs: map[string]string{"name": "x:1"}}},
-				Layer: layers.LayerOptions{Compression: layers.Uncompressed}},
+			opts:     builder.Options{ContextTar: stdin, Layer: layers.LayerOptions{Compression: layers.Uncompressed}},
+			outputs:  []builder.Output{{Type: "registry", Attrs: map[string]string{"name": "x:1"}}},
 			progress: "plain",
 		},
 	}, {
 		name: "output shorthands",
 		args: []string{"build", "-o", "rootfs", "-o", "-", "."},
 		want: buildConfig{
-			opts: builder.Options{ContextDir: ".", Outputs: []builder.Output{{Type: "local", Dest: "rootfs"}, {Type: "tar", Dest: "-"}},
-				Layer: layers.LayerOptions{Compression: layers.Gzip}},
+			opts:     builder.Options{ContextDir: ".", Layer: layers.LayerOptions{Compression: layers.Gzip}},
+			outputs:  []builder.Output{{Type: "local", Dest: "rootfs"}, {Type: "tar", Dest: "-"}},
 			progress: "plain",
 		},
 	}}
