@@ -76,10 +76,10 @@ func mkTar(t testing.TB, entries ...ent) []byte {
 			h.Format = tar.FormatPAX
 		}
 		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatalf("writing test tar header %q: %v", h.Name, err)
+			t.Fatalf("writing test tar header %.64q: %.200v", h.Name, err)
 		}
 		if _, err := io.WriteString(tw, e.body); err != nil {
-			t.Fatalf("writing test tar body %q: %v", h.Name, err)
+			t.Fatalf("writing test tar body %.64q: %.200v", h.Name, err)
 		}
 	}
 	if err := tw.Close(); err != nil {
