@@ -233,9 +233,10 @@ const rootEnv = "IMGBUILD_ROOT"
 
 func rootFlag() cli.Flag {
 	return &cli.StringFlag{
-		Name:    "root",
-		Usage:   "state directory (default /var/lib/imgbuild for root, $XDG_DATA_HOME/imgbuild otherwise)",
-		EnvVars: []string{rootEnv},
+		Name:        "root",
+		Usage:       "state `DIR`",
+		DefaultText: "/var/lib/imgbuild for root, else $XDG_DATA_HOME/imgbuild",
+		EnvVars:     []string{rootEnv},
 	}
 }
 

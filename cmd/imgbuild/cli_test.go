@@ -295,13 +295,20 @@ func TestVersion(t *testing.T) {
 		{Key: "vcs.revision", Value: "0123456789abcdef"}, {Key: "vcs.modified", Value: "true"},
 		{Key: "vcs.time", Value: "2024-01-02T03:04:05Z"},
 	}}
-	if err := printVersion(&b, info); err != nil {
+	if err := printVersion(&b, "", info); err != nil {
 		t.Fatal(err)
 	}
 	want := "imgbuild v1.2.3\ngo: " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH +
 		"\ncommit: 0123456789abcdef (modified)\ncommit time: 2024-01-02T03:04:05Z\n"
 	if b.String() != want {
 		t.Errorf("printVersion =\n%s\nwant\n%s", b.String(), want)
+	}
+	b.Reset()
+	if err := printVersion(&b, "v9.9.9-3-gabcdef", nil); err != nil {
+		t.Fatal(err)
+	}
+	if want := "imgbuild v9.9.9-3-gabcdef\ngo: " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH + "\ncommit: unknown\n"; b.String() != want {
+		t.Errorf("printVersion with a stamped version =\n%s\nwant\n%s", b.String(), want)
 	}
 }
 

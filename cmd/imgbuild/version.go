@@ -9,6 +9,10 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// version is stamped at link time (make build: -ldflags "-X main.version=...");
+// when empty the module version from the build info is used.
+var version string
+
 func versionCommand(s *streams) *cli.Command {
 	return &cli.Command{
 		Name:  "version",
@@ -18,14 +22,15 @@ func versionCommand(s *streams) *cli.Command {
 				return err
 			}
 			info, _ := debug.ReadBuildInfo()
-			return printVersion(s.stdout, info)
+			return printVersion(s.stdout, version, info)
 		},
 	}
 }
 
-// printVersion writes the version lines from the binary's build info (nil
-// when the binary has none).
-func printVersion(w io.Writer, info *debug.BuildInfo) error {
+// printVersion writes the version lines: stamped (if not empty) or the
+// module version, and the commit from the build info (nil when the binary
+// has none).
+func printVersion(w io.Writer, stamped string, info *debug.BuildInfo) error {
 	version, commit, modified, built := "(devel)", "unknown", false, ""
 	if info != nil {
 		if info.Main.Version != "" {
@@ -41,6 +46,9 @@ func printVersion(w io.Writer, info *debug.BuildInfo) error {
 				built = kv.Value
 			}
 		}
+	}
+	if stamped != "" {
+		version = stamped
 	}
 	if modified {
 		commit += " (modified)"
