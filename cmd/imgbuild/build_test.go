@@ -81,8 +81,8 @@ func TestBuild(t *testing.T) {
 		t.Errorf("skopeo inspect oci = %+v, want digest %s, labels a=b x=y", si, digest)
 	}
 
-	// Quiet: the digest only, nothing on stderr.
-	code, stdout, stderr = runCLI(t, "", "build", "-q", ctxDir)
+	// Quiet: the digest only (the same image again), nothing on stderr.
+	code, stdout, stderr = runCLI(t, "", "build", "-q", "--label", "x=y", ctxDir)
 	if code != 0 || stdout != digest+"\n" || stderr != "" {
 		t.Errorf("build -q: exit %d, stdout %q, stderr %q; want 0, %q, nothing", code, stdout, stderr, digest)
 	}
