@@ -94,6 +94,11 @@ func buildOptions(c *cli.Context, s *streams) (*buildConfig, error) {
 	if cfg.outputs, err = parseOutputs(c.StringSlice("output"), c.Bool("push")); err != nil {
 		return nil, usagef(c, "%v", err)
 	}
+	for _, out := range cfg.outputs {
+		if _, named := out.Attrs["name"]; out.Type == builder.OutputRegistry && !named && len(o.Tags) == 0 {
+			return nil, usagef(c, "nothing to push to: give -t NAME[:TAG] (or -o type=registry,name=...)")
+		}
+	}
 	if err := checkInsecure(o.Registry.Insecure); err != nil {
 		return nil, usagef(c, "%v", err)
 	}

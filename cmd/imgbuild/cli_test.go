@@ -45,6 +45,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bad output type", nil, []string{"build", "-o", "type=nope", "."}, `unknown type "nope"`},
 		{"bad output key", nil, []string{"build", "-o", "type=tar,dest=x,foo=bar", "."}, `unknown key "foo"`},
 		{"two outputs to stdout", nil, []string{"build", "-o", "-", "-o", "type=docker,dest=-", "."}, "only one output"},
+		{"push without tag", nil, []string{"build", "--push", "."}, "nothing to push to"},
+		{"registry output without tag", nil, []string{"build", "-o", "type=registry", "."}, "nothing to push to"},
 		{"bad progress", nil, []string{"build", "--progress", "fancy", "."}, `invalid --progress "fancy"`},
 		{"bad compression", nil, []string{"build", "--compression", "lz4", "."}, `unknown compression "lz4"`},
 		{"gzip level too high", nil, []string{"build", "--compression-level", "10", "."}, "out of range 1-9"},
