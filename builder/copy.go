@@ -198,7 +198,7 @@ func (c *copier) copyItem(ctx context.Context, it *srcItem, dest string, destIsD
 		dst = filepath.Join(dst, it.name)
 	}
 	target := filepath.Dir(dst)
-	if fiSrc.IsDir() && fiDest == nil {
+	if (fiSrc.IsDir() && fiDest == nil) || dst == c.root {
 		target = dst
 	}
 	if _, err := c.mkdirResolved(target); err != nil {
