@@ -101,7 +101,7 @@ func classifyHTTP(r name.Reference, terr *transport.Error) (error, string) {
 		codes[d.Code] = d.Message
 	}
 	status := fmt.Sprintf("HTTP %d", terr.StatusCode)
-	detail := status
+	detail := status + " " + http.StatusText(terr.StatusCode)
 	if len(terr.Errors) > 0 {
 		detail = fmt.Sprintf("%s %s", status, oneLine(terr.Errors[0].String()))
 	}

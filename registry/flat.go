@@ -21,17 +21,20 @@ const (
 )
 
 // WriteFlatTar writes the flattened filesystem of img as one tar stream:
-// every path as the top-most layer holding it left it, with whiteouts
-// applied and whiteout entries dropped (the semantics of go-containerregistry's
-// mutate.Extract: a path hidden by a whiteout or an opaque directory in an
-// upper layer is gone; entries with names escaping the root fail; links whose
-// relative target escapes the root are dropped). Unlike mutate.Extract the
-// entries come bottom layer first, so parent directories and hard-link
-// targets of lower layers precede what upper layers put on them, and the
-// stream extracts with plain tar. Each layer is read twice (once to decide,
-// once to copy) and verified against its digest each time. Known gap: a hard
-// link whose target an upper layer deleted or replaced is written as a link
-// to the surviving path (if any).
+// every path as the top-most layer holding it left it, whiteouts applied and
+// whiteout entries dropped, as go-containerregistry's mutate.Extract does (a
+// path hidden by a whiteout or an opaque directory of an upper layer is gone;
+// an upper non-directory hides everything below its path). Two differences:
+// names and hard-link targets are cleaned with chroot semantics as
+// layers.Apply (and so ExtractFlat) does ("../x" and "/x" are "x"), and
+// symlinks are kept whatever their target, so the tar and ExtractFlat give
+// the same tree; and entries come bottom layer first, so parent directories
+// and hard-link targets of lower layers precede what upper layers put on
+// them and the stream extracts with plain tar. Directory names end in "/".
+// Each layer is read twice (once to decide, once to copy) and verified
+// against its digest both times. Known gap: a hard link whose target an upper
+// layer replaced points at the surviving path; one whose target an upper
+// layer deleted is written as a dangling hard link.
 func WriteFlatTar(ctx context.Context, w io.Writer, img v1.Image) error {
 	ls, err := img.Layers()
 	if err != nil {
@@ -67,49 +70,51 @@ func newFlatState() *flatState {
 }
 
 // decideLayer reads one layer and returns, for each of its entries in
-// order, whether it belongs to the flattened filesystem.
+// order, whether it belongs to the flattened filesystem. The layer's own
+// whiteouts and opaque markers hide only lower layers, whatever their place
+// in the tar, so they take effect once the layer is read.
 func (st *flatState) decideLayer(ctx context.Context, l v1.Layer) ([]bool, error) {
 	var keep []bool
-	layerOpaque := map[string]bool{}
+	staged := &flatState{seen: map[string]bool{}, opaque: map[string]bool{}}
 	err := eachEntry(ctx, l, func(hdr *tar.Header, _ io.Reader) error {
-		k, err := st.decide(hdr, layerOpaque)
-		keep = append(keep, k)
-		return err
+		keep = append(keep, st.decide(hdr, staged))
+		return nil
 	})
-	for d := range layerOpaque {
+	for p := range staged.seen {
+		st.seen[p] = true
+	}
+	for d := range staged.opaque {
 		st.opaque[d] = true
 	}
 	return keep, err
 }
 
-func (st *flatState) decide(hdr *tar.Header, layerOpaque map[string]bool) (bool, error) {
-	name, ok := cleanEntryName(hdr.Name)
-	if !ok {
-		return false, fmt.Errorf("unsafe path %q in layer", hdr.Name)
-	}
+// decide reports whether hdr, an entry of the layer being read, is kept;
+// whiteouts and opaque markers of that layer are recorded in staged.
+func (st *flatState) decide(hdr *tar.Header, staged *flatState) bool {
+	name := cleanName(hdr.Name)
 	if name == "." {
-		return false, nil
-	}
-	if unsafeLink(name, hdr) {
-		return false, nil
+		return false
 	}
 	dir, base := path.Dir(name), path.Base(name)
-	if base == whiteoutOpaque {
-		layerOpaque[dir] = true
-		return false, nil
+	switch {
+	case base == whiteoutOpaque:
+		staged.opaque[dir] = true
+		return false
+	case strings.HasPrefix(base, whiteoutPrefix+whiteoutPrefix):
+		return false // other AUFS metadata
+	case strings.HasPrefix(base, whiteoutPrefix):
+		staged.seen[path.Join(dir, strings.TrimPrefix(base, whiteoutPrefix))] = true
+		return false
 	}
-	tombstone := strings.HasPrefix(base, whiteoutPrefix)
-	if tombstone {
-		name = path.Join(dir, strings.TrimPrefix(base, whiteoutPrefix))
-	}
-	if _, ok := st.seen[name]; ok && !tombstone {
-		return false, nil
+	if _, ok := st.seen[name]; ok {
+		return false
 	}
 	if hiddenBy(st.seen, name) || st.inOpaque(name) {
-		return false, nil
+		return false
 	}
-	st.seen[name] = tombstone || hdr.Typeflag != tar.TypeDir
-	return !tombstone, nil
+	st.seen[name] = hdr.Typeflag != tar.TypeDir
+	return true
 }
 
 // hiddenBy reports whether an ancestor of name hides what is below it.
@@ -146,12 +151,12 @@ func copyKept(ctx context.Context, tw *tar.Writer, l v1.Layer, keep []bool) erro
 			return nil
 		}
 		h := *hdr
-		h.Name, _ = cleanEntryName(hdr.Name)
+		h.Name = cleanName(hdr.Name)
 		if h.Typeflag == tar.TypeDir {
 			h.Name += "/"
 		}
 		if h.Typeflag == tar.TypeLink {
-			h.Linkname, _ = cleanEntryName(h.Linkname)
+			h.Linkname = cleanName(h.Linkname)
 		}
 		h.Format = tar.FormatPAX
 		if err := tw.WriteHeader(&h); err != nil {
@@ -195,37 +200,14 @@ func eachEntry(ctx context.Context, l v1.Layer, fn func(*tar.Header, io.Reader) 
 	return rc.Close()
 }
 
-// cleanEntryName returns name relative to the root ("etc/passwd", "." for
-// the root itself), and false when it climbs out of the root.
-func cleanEntryName(name string) (string, bool) {
-	c := path.Clean("/" + strings.ReplaceAll(name, "\\", "/"))
-	raw := path.Clean(strings.ReplaceAll(name, "\\", "/"))
-	if raw == ".." || strings.HasPrefix(raw, "../") {
-		return "", false
-	}
+// cleanName returns name relative to the root with chroot semantics
+// ("etc/passwd"; "." for the root itself; "../x" and "/x" are "x").
+func cleanName(name string) string {
+	c := path.Clean("/" + name)
 	if c == "/" {
-		return ".", true
+		return "."
 	}
-	return strings.TrimPrefix(c, "/"), true
-}
-
-// unsafeLink reports whether hdr is a link whose relative target leaves the
-// root: symlink targets resolve from the link's directory, hard-link
-// targets from the root.
-func unsafeLink(name string, hdr *tar.Header) bool {
-	switch hdr.Typeflag {
-	case tar.TypeSymlink:
-		t := path.Clean(hdr.Linkname)
-		if path.IsAbs(t) {
-			return false
-		}
-		r := path.Clean(path.Join(path.Dir(name), t))
-		return r == ".." || strings.HasPrefix(r, "../")
-	case tar.TypeLink:
-		_, ok := cleanEntryName(hdr.Linkname)
-		return !ok
-	}
-	return false
+	return c[1:]
 }
 
 // ExtractFlat writes the flattened filesystem of img into dir (created if

@@ -16,8 +16,8 @@ const (
 	// "user/app:1.0"): what `skopeo ... oci:DIR:1.0`, `umoci unpack --image
 	// DIR:1.0` and containerd's importer look up.
 	AnnotationRefName = "org.opencontainers.image.ref.name"
-	// AnnotationImageName holds the full reference ("docker.io/user/app:1.0"),
-	// as containerd and BuildKit write it.
+	// AnnotationImageName holds the full reference ("docker.io/user/app:1.0",
+	// "docker.io/library/busybox:latest"), as containerd and BuildKit write it.
 	AnnotationImageName = "io.containerd.image.name"
 )
 
@@ -28,7 +28,10 @@ const (
 // ref.name is replaced, as `skopeo copy` does. Because the ref.name holds only
 // the tag, two tags of one call that differ only in repository ("a:1", "b:1")
 // would be ambiguous and are refused. An image without tags is added once,
-// without annotations. Blobs already present are not written again.
+// without annotations. Blobs already present are not written again. Images
+// are written with OCI media types (see OCIMediaTypes): the tools that read
+// layouts ignore Docker ones, so a Docker image's manifest digest in the
+// layout differs from its registry digest while its blobs are the same.
 func WriteOCILayout(ctx context.Context, dir string, imgs []Tagged) error {
 	if err := checkRefNames(imgs); err != nil {
 		return fmt.Errorf("oci layout %s: %w", dir, err)
@@ -51,12 +54,16 @@ func WriteOCILayout(ctx context.Context, dir string, imgs []Tagged) error {
 }
 
 func writeLayoutImage(p layout.Path, t Tagged) error {
+	img, err := OCIMediaTypes(t.Image)
+	if err != nil {
+		return err
+	}
 	if len(t.Tags) == 0 {
-		d, err := t.Image.Digest()
+		d, err := img.Digest()
 		if err != nil {
 			return err
 		}
-		return p.ReplaceImage(t.Image, func(desc v1.Descriptor) bool {
+		return p.ReplaceImage(img, func(desc v1.Descriptor) bool {
 			return desc.Digest == d && desc.Annotations[AnnotationRefName] == ""
 		})
 	}
@@ -66,11 +73,11 @@ func writeLayoutImage(p layout.Path, t Tagged) error {
 			return fmt.Errorf("invalid tag %q: %w", tag, err)
 		}
 		refName := ref.TagStr()
-		err = p.ReplaceImage(t.Image, func(desc v1.Descriptor) bool {
+		err = p.ReplaceImage(img, func(desc v1.Descriptor) bool {
 			return desc.Annotations[AnnotationRefName] == refName
 		}, layout.WithAnnotations(map[string]string{
 			AnnotationRefName:   refName,
-			AnnotationImageName: ref.Name(),
+			AnnotationImageName: fullName(ref),
 		}))
 		if err != nil {
 			return fmt.Errorf("%s: %w", tag, err)
@@ -89,11 +96,21 @@ func checkRefNames(imgs []Tagged) error {
 			if err != nil {
 				return fmt.Errorf("invalid tag %q: %w", tag, err)
 			}
-			if prev, ok := seen[ref.TagStr()]; ok && prev != ref.Name() {
-				return fmt.Errorf("tags %s and %s would both be named %q in the layout", prev, ref.Name(), ref.TagStr())
+			if prev, ok := seen[ref.TagStr()]; ok && prev != fullName(ref) {
+				return fmt.Errorf("tags %s and %s would both be named %q in the layout", prev, fullName(ref), ref.TagStr())
 			}
-			seen[ref.TagStr()] = ref.Name()
+			seen[ref.TagStr()] = fullName(ref)
 		}
 	}
 	return nil
+}
+
+// fullName is the normalized name containerd uses: Docker Hub is
+// "docker.io", official images are under "library/".
+func fullName(t name.Tag) string {
+	reg := t.RegistryStr()
+	if reg == name.DefaultRegistry {
+		reg = "docker.io"
+	}
+	return reg + "/" + t.RepositoryStr() + ":" + t.TagStr()
 }
