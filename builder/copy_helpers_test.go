@@ -222,3 +222,12 @@ func ctMtimeOf(t testing.TB, p string) time.Time {
 	}
 	return fi.ModTime()
 }
+
+// ctOwner formats the owner of fi as "uid:gid".
+func ctOwner(fi os.FileInfo) string {
+	if fi == nil {
+		return ""
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	return fmt.Sprintf("%d:%d", st.Uid, st.Gid)
+}
