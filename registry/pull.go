@@ -113,6 +113,10 @@ type pulledImage struct {
 // Descriptor keeps the index descriptor of the image (see partial.Descriptor).
 func (p *pulledImage) Descriptor() (*v1.Descriptor, error) { return partial.Descriptor(p.Image) }
 
+// ConfigLayer keeps the config blob mountable by pushes (see
+// partial.ConfigLayer).
+func (p *pulledImage) ConfigLayer() (v1.Layer, error) { return partial.ConfigLayer(p.Image) }
+
 // Layers implements v1.Image.
 func (p *pulledImage) Layers() ([]v1.Layer, error) {
 	ls, err := p.Image.Layers()

@@ -161,55 +161,54 @@ func closedAddr(t *testing.T) string {
 }
 
 func TestPullRetries(t *testing.T) {
-	f := newFakeRegistry(t)
-	ref, img := pushFake(t, f, "test/retry:1")
-	want, _ := img.Digest()
 	tests := []struct {
 		name   string
+		fails  int
 		status int
 		method string
 		path   string
+		want   string // error; "" for success after retries
 	}{
-		{"429 on manifest", http.StatusTooManyRequests, http.MethodGet, `/manifests/`},
-		{"500 on manifest", http.StatusInternalServerError, http.MethodGet, `/manifests/`},
-		{"503 on ping", http.StatusServiceUnavailable, http.MethodGet, `^/v2/$`},
-		{"502 on config blob", http.StatusBadGateway, http.MethodGet, `/blobs/`},
+		{"429 on manifest", 1, http.StatusTooManyRequests, http.MethodGet, `/manifests/`, ""},
+		{"500 twice on manifest", 2, http.StatusInternalServerError, http.MethodGet, `/manifests/`, ""},
+		{"503 on ping", 1, http.StatusServiceUnavailable, http.MethodGet, `^/v2/$`, ""},
+		{"502 on config blob", 1, http.StatusBadGateway, http.MethodGet, `/blobs/`, ""},
+		{"500 forever gives up", 1000, http.StatusInternalServerError, http.MethodGet, `/manifests/`,
+			": registry answered HTTP 500 UNAVAILABLE: injected failure"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			f.setHook(failN(1, tc.status, tc.method, tc.path))
-			defer f.setHook(nil)
+			t.Parallel()
+			f := newFakeRegistry(t)
+			ref, img := pushFake(t, f, "test/retry:1")
+			f.setHook(failN(tc.fails, tc.status, tc.method, tc.path))
+			start := time.Now()
 			got, err := Pull(t.Context(), ref, f.opts())
-			if err != nil {
-				t.Fatalf("Pull after one %d: %v", tc.status, err)
+			n := f.count(t, tc.method, tc.path)
+			if tc.want != "" {
+				if err == nil || err.Error() != "pulling "+ref+tc.want {
+					t.Fatalf("error %v, want %q", err, "pulling "+ref+tc.want)
+				}
+				if n != 5 {
+					t.Errorf("%d attempts, want 5", n)
+				}
+				if d := time.Since(start); d > 20*time.Second {
+					t.Errorf("gave up after %v", d)
+				}
+				return
 			}
+			if err != nil {
+				t.Fatalf("Pull after %d× %d: %v", tc.fails, tc.status, err)
+			}
+			want, _ := img.Digest()
 			if d, _ := got.Digest(); d != want {
 				t.Errorf("digest %s, want %s", d, want)
 			}
-			if n := f.count(t, tc.method, tc.path); n < 2 {
-				t.Errorf("%d requests matching %s, want the failed one and a retry", n, tc.path)
+			if n < tc.fails+1 {
+				t.Errorf("%d requests matching %s, want the %d failed ones and a retry", n, tc.path, tc.fails)
 			}
 		})
 	}
-	t.Run("500 forever gives up", func(t *testing.T) {
-		f.setHook(failN(1000, http.StatusInternalServerError, http.MethodGet, `/manifests/`))
-		defer f.setHook(nil)
-		start := time.Now()
-		_, err := Pull(t.Context(), ref, f.opts())
-		if err == nil {
-			t.Fatal("Pull succeeded")
-		}
-		want := "pulling " + ref + ": registry answered HTTP 500 UNAVAILABLE: injected failure"
-		if err.Error() != want {
-			t.Errorf("error\n got: %s\nwant: %s", err, want)
-		}
-		if n := f.count(t, http.MethodGet, `/manifests/`); n != 5 {
-			t.Errorf("%d manifest requests, want 5 attempts", n)
-		}
-		if d := time.Since(start); d > 20*time.Second {
-			t.Errorf("gave up after %v", d)
-		}
-	})
 }
 
 // corruptBlob serves the blob with digest d with one byte changed.
