@@ -171,19 +171,40 @@ func wantTree(t testing.TB, root string, want ...string) {
 	}
 }
 
+// applyCase applies lower then layer to an empty root and compares the tree.
+type applyCase struct {
+	name   string
+	lower  []ent // applied first, as a lower layer
+	layer  []ent
+	noWh   bool
+	result []string
+}
+
 func TestApply(t *testing.T) {
 	uid, gid := os.Getuid(), os.Getgid()
 	own := func(h *tar.Header) { h.Uid, h.Gid = uid, gid }
+	tests := append(basicApplyCases(), whiteoutApplyCases()...)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			opts := layers.ApplyOptions{NoChown: os.Geteuid() != 0, NoWhiteouts: tt.noWh}
+			for i := range tt.layer {
+				tt.layer[i] = tt.layer[i].with(own)
+			}
+			if tt.lower != nil {
+				mustApply(t, root, opts, tt.lower...)
+			}
+			mustApply(t, root, opts, tt.layer...)
+			wantTree(t, root, tt.result...)
+		})
+	}
+}
+
+func basicApplyCases() []applyCase {
 	big := strings.Repeat("0123456789", 10000)
 	bigSum := sha256.Sum256([]byte(big))
 	bigC := "sha256:" + hex.EncodeToString(bigSum[:8])
-	tests := []struct {
-		name   string
-		lower  []ent // applied first, as a lower layer
-		layer  []ent
-		noWh   bool
-		result []string
-	}{
+	return []applyCase{
 		{
 			name: "FilesDirsLinks",
 			layer: []ent{
@@ -208,6 +229,33 @@ func TestApply(t *testing.T) {
 				"sg f 2711 \"x\"", "su f 4755 \"x\"", "tmp/ d 1777",
 			},
 		},
+		{
+			name:   "Replacements",
+			lower:  []ent{symE("f", "/target"), fileE("target", "t", 0o644), fileE("s", "s", 0o644), fileE("d/x", "x", 0o644), dirE("dd", 0o700), fileE("dd/x", "x", 0o644), symE("ds", "/target")},
+			layer:  []ent{fileE("f", "new", 0o600), symE("s", "/else"), fileE("d", "was a dir", 0o644), dirE("dd", 0o755), dirE("ds", 0o711)},
+			result: []string{"d f 0644 \"was a dir\"", "dd/ d 0755", "dd/x f 0644 \"x\"", "ds/ d 0711", "f f 0600 \"new\"", "s l -> /else", "target f 0644 \"t\""},
+		},
+		{
+			name:   "HardlinkToLowerAndRelink",
+			lower:  []ent{fileE("lib/a", "a", 0o644), linkE("lib/b", "lib/a")},
+			layer:  []ent{linkE("c", "lib/a"), linkE("lib/b", "lib/a"), fileE("x", "x", 0o644), linkE("x", "x")},
+			result: []string{"c f 0644 \"a\"", "lib/ d 0755", "lib/a f 0644 \"a\" =c", "lib/b f 0644 \"a\" =c", "x f 0644 \"x\""},
+		},
+		{
+			name:   "RootEntryAndDotNames",
+			layer:  []ent{dirE("./", 0o711), dirE("./a/", 0o755), fileE("./a/./b", "b", 0o644), fileE("a//c", "c", 0o644)},
+			result: []string{"a/ d 0755", "a/b f 0644 \"b\"", "a/c f 0644 \"c\""},
+		},
+		{
+			name:   "Fifo",
+			layer:  []ent{{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "p", Mode: 0o640, ModTime: testTime}}},
+			result: []string{"p p 0640 0:0"},
+		},
+	}
+}
+
+func whiteoutApplyCases() []applyCase {
+	return []applyCase{
 		{
 			name:  "Whiteouts",
 			lower: []ent{fileE("a", "a", 0o644), fileE("d/x", "x", 0o644), fileE("d/sub/y", "y", 0o644), fileE("keep", "k", 0o644), symE("s", "/d")},
@@ -260,42 +308,6 @@ func TestApply(t *testing.T) {
 			noWh:   true,
 			result: []string{".wh.a f 0644 \"\"", "a f 0644 \"a\"", "d/ d 0755", "d/.wh..wh..opq f 0600 \"\""},
 		},
-		{
-			name:   "Replacements",
-			lower:  []ent{symE("f", "/target"), fileE("target", "t", 0o644), fileE("s", "s", 0o644), fileE("d/x", "x", 0o644), dirE("dd", 0o700), fileE("dd/x", "x", 0o644), symE("ds", "/target")},
-			layer:  []ent{fileE("f", "new", 0o600), symE("s", "/else"), fileE("d", "was a dir", 0o644), dirE("dd", 0o755), dirE("ds", 0o711)},
-			result: []string{"d f 0644 \"was a dir\"", "dd/ d 0755", "dd/x f 0644 \"x\"", "ds/ d 0711", "f f 0600 \"new\"", "s l -> /else", "target f 0644 \"t\""},
-		},
-		{
-			name:   "HardlinkToLowerAndRelink",
-			lower:  []ent{fileE("lib/a", "a", 0o644), linkE("lib/b", "lib/a")},
-			layer:  []ent{linkE("c", "lib/a"), linkE("lib/b", "lib/a"), fileE("x", "x", 0o644), linkE("x", "x")},
-			result: []string{"c f 0644 \"a\"", "lib/ d 0755", "lib/a f 0644 \"a\" =c", "lib/b f 0644 \"a\" =c", "x f 0644 \"x\""},
-		},
-		{
-			name:   "RootEntryAndDotNames",
-			layer:  []ent{dirE("./", 0o711), dirE("./a/", 0o755), fileE("./a/./b", "b", 0o644), fileE("a//c", "c", 0o644)},
-			result: []string{"a/ d 0755", "a/b f 0644 \"b\"", "a/c f 0644 \"c\""},
-		},
-		{
-			name:   "Fifo",
-			layer:  []ent{{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "p", Mode: 0o640, ModTime: testTime}}},
-			result: []string{"p p 0640 0:0"},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			root := t.TempDir()
-			opts := layers.ApplyOptions{NoChown: os.Geteuid() != 0, NoWhiteouts: tt.noWh}
-			for i := range tt.layer {
-				tt.layer[i] = tt.layer[i].with(own)
-			}
-			if tt.lower != nil {
-				mustApply(t, root, opts, tt.lower...)
-			}
-			mustApply(t, root, opts, tt.layer...)
-			wantTree(t, root, tt.result...)
-		})
 	}
 }
 
@@ -469,5 +481,27 @@ func TestApplyErrors(t *testing.T) {
 				t.Fatalf("Apply: %v, want error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// BenchmarkApply applies a 5,000-file layer (50 directories of 100 files of
+// 1 KiB) into a fresh root.
+func BenchmarkApply(b *testing.B) {
+	var es []ent
+	body := strings.Repeat("x", 1024)
+	for d := 0; d < 50; d++ {
+		es = append(es, dirE(fmt.Sprintf("usr/share/d%02d", d), 0o755))
+		for f := 0; f < 100; f++ {
+			es = append(es, fileE(fmt.Sprintf("usr/share/d%02d/f%03d", d, f), body, 0o644))
+		}
+	}
+	data := mkTar(b, es...)
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		root := filepath.Join(b.TempDir(), "root")
+		if err := layers.Apply(context.Background(), root, bytes.NewReader(data), layers.ApplyOptions{NoChown: true}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
