@@ -113,8 +113,7 @@ func TestWriteDockerArchive(t *testing.T) {
 
 	// manifest.json lists the images in order, tags in docker's short form.
 	var manifest []archiveEntry
-	out := run(t, "tar", "-xOf", file, "manifest.json")
-	if err := json.Unmarshal(out, &manifest); err != nil {
+	if err := json.Unmarshal(run(t, "tar", "-xOf", file, "manifest.json"), &manifest); err != nil {
 		t.Fatal(err)
 	}
 	var tags []string
@@ -124,52 +123,14 @@ func TestWriteDockerArchive(t *testing.T) {
 	if got, want := strings.Join(tags, " | "), "busybox:latest,127.0.0.1:5000/team/bb:1 | user/marker:2 | "; got != want {
 		t.Errorf("RepoTags %q, want %q", got, want)
 	}
-
-	// go-containerregistry reads every tag back as the same image.
-	opener := func() (io.ReadCloser, error) { return os.Open(file) }
-	for _, tc := range []struct {
-		tag string
-		img v1.Image
-	}{{"busybox:latest", busybox}, {"127.0.0.1:5000/team/bb:1", busybox}, {"user/marker:2", marker}} {
-		tag, err := name.NewTag(tc.tag)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := tarball.Image(opener, &tag)
-		if err != nil {
-			t.Fatalf("tarball.Image %s: %v", tc.tag, err)
-		}
-		if err := validate.Image(got); err != nil {
-			t.Errorf("validate.Image %s: %v", tc.tag, err)
-		}
-		gd, _ := got.Digest()
-		wd, _ := tc.img.Digest()
-		if gd != wd {
-			t.Errorf("%s read back as %s, want %s", tc.tag, gd, wd)
-		}
-	}
-
-	// skopeo (the library behind podman load) reads it too.
-	for _, tc := range []struct {
-		ref string
-		img v1.Image
-	}{
-		{"docker-archive:" + file + ":busybox:latest", busybox},
-		{"docker-archive:" + file + ":127.0.0.1:5000/team/bb:1", busybox},
-		{"docker-archive:" + file + ":user/marker:2", marker},
-		{"docker-archive:" + file + ":@2", untagged},
-	} {
-		si := inspect(t, tc.ref)
-		if got, want := strings.Join(si.Layers, ","), strings.Join(diffIDs(t, tc.img), ","); got != want {
-			t.Errorf("%s: layers %s, want %s", tc.ref, got, want)
-		}
-		cfg, _ := tc.img.ConfigFile()
-		if si.Architecture != cfg.Architecture || si.Os != cfg.OS {
-			t.Errorf("%s: platform %s/%s, want %s/%s", tc.ref, si.Os, si.Architecture, cfg.OS, cfg.Architecture)
-		}
-	}
-	ociDir := filepath.Join(t.TempDir(), "oci")
-	run(t, "skopeo", "copy", "-q", "docker-archive:"+file+":busybox:latest", "oci:"+ociDir+":copied")
+	checkArchiveWithGGCR(t, file, map[string]v1.Image{
+		"busybox:latest": busybox, "127.0.0.1:5000/team/bb:1": busybox, "user/marker:2": marker,
+	})
+	// skopeo (containers/image, the library behind podman load) reads it too.
+	checkArchiveWithSkopeo(t, file, map[string]v1.Image{
+		"busybox:latest": busybox, "127.0.0.1:5000/team/bb:1": busybox, "user/marker:2": marker, "@2": untagged,
+	})
+	run(t, "skopeo", "copy", "-q", "docker-archive:"+file+":busybox:latest", "oci:"+filepath.Join(t.TempDir(), "oci")+":copied")
 
 	// Deterministic: the same bytes again.
 	var a, b bytes.Buffer
@@ -181,6 +142,46 @@ func TestWriteDockerArchive(t *testing.T) {
 	}
 	if !bytes.Equal(a.Bytes(), b.Bytes()) {
 		t.Error("WriteDockerArchive is not deterministic")
+	}
+}
+
+// checkArchiveWithGGCR reads each tag of the archive back with tarball.Image.
+func checkArchiveWithGGCR(t *testing.T, file string, want map[string]v1.Image) {
+	t.Helper()
+	opener := func() (io.ReadCloser, error) { return os.Open(file) }
+	for s, img := range want {
+		tag, err := name.NewTag(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := tarball.Image(opener, &tag)
+		if err != nil {
+			t.Fatalf("tarball.Image %s: %v", s, err)
+		}
+		if err := validate.Image(got); err != nil {
+			t.Errorf("validate.Image %s: %v", s, err)
+		}
+		gd, _ := got.Digest()
+		wd, _ := img.Digest()
+		if gd != wd {
+			t.Errorf("%s read back as %s, want %s", s, gd, wd)
+		}
+	}
+}
+
+// checkArchiveWithSkopeo runs skopeo inspect docker-archive:FILE:REF.
+func checkArchiveWithSkopeo(t *testing.T, file string, want map[string]v1.Image) {
+	t.Helper()
+	for s, img := range want {
+		ref := "docker-archive:" + file + ":" + s
+		si := inspect(t, ref)
+		if got, want := strings.Join(si.Layers, ","), strings.Join(diffIDs(t, img), ","); got != want {
+			t.Errorf("%s: layers %s, want %s", ref, got, want)
+		}
+		cfg, _ := img.ConfigFile()
+		if si.Architecture != cfg.Architecture || si.Os != cfg.OS {
+			t.Errorf("%s: platform %s/%s, want %s/%s", ref, si.Os, si.Architecture, cfg.OS, cfg.Architecture)
+		}
 	}
 }
 

@@ -32,24 +32,21 @@ func pushFake(t *testing.T, f *fakeRegistry, repo string) (string, v1.Image) {
 	return ref, img
 }
 
-func TestPullErrors(t *testing.T) {
-	f := newFakeRegistry(t)
-	ref, img := pushFake(t, f, "test/busybox:1")
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
+// pullErrorCase is a Pull expected to fail with wantError.
+type pullErrorCase struct {
+	name      string
+	ref       string
+	opts      Options // zero: the fake registry's
+	hook      func(http.ResponseWriter, *http.Request, http.Handler) bool
+	kind      error
+	wantError string
+}
+
+// pullErrorCases are failures against the fake registry at h, which holds
+// ref (HOST/test/busybox:1); closed is an address nothing listens on.
+func pullErrorCases(h, ref, closed string) []pullErrorCase {
 	other := "sha256:" + strings.Repeat("0", 64)
-	closed := closedAddr(t)
-	h := f.host
-	tests := []struct {
-		name      string
-		ref       string
-		opts      Options
-		hook      func(http.ResponseWriter, *http.Request, http.Handler) bool
-		kind      error
-		wantError string
-	}{{
+	return []pullErrorCase{{
 		name:      "unknown host",
 		ref:       "nosuch.invalid/app:1",
 		opts:      Options{Keychain: anonymous{}, Transport: dnsFailTransport()},
@@ -114,7 +111,16 @@ func TestPullErrors(t *testing.T) {
 		ref:       "UPPER/Case:1",
 		wantError: "pulling UPPER/Case:1: invalid reference: repository can only contain the characters `abcdefghijklmnopqrstuvwxyz0123456789_-./`: UPPER/Case",
 	}}
-	for _, tc := range tests {
+}
+
+func TestPullErrors(t *testing.T) {
+	f := newFakeRegistry(t)
+	ref, img := pushFake(t, f, "test/busybox:1")
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range pullErrorCases(f.host, ref, closedAddr(t)) {
 		t.Run(tc.name, func(t *testing.T) {
 			f.setHook(tc.hook)
 			defer f.setHook(nil)
