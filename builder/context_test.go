@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/imgbuild/imgbuild/registry/registrytest"
 )
 
 func TestLoadContextDir(t *testing.T) {
@@ -97,6 +99,7 @@ func TestLoadContextNotADir(t *testing.T) {
 }
 
 func TestLoadContextTar(t *testing.T) {
+	registrytest.RequireRoot(t)
 	tarball := tarOf(t, []tar.Header{
 		{Name: "Dockerfile", Typeflag: tar.TypeReg, Mode: 0o644},
 		{Name: "app/", Typeflag: tar.TypeDir, Mode: 0o755},

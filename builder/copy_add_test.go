@@ -104,6 +104,7 @@ func bzip2Of(t testing.TB, b []byte) []byte {
 }
 
 func TestAddArchive(t *testing.T) {
+	registrytest.RequireRoot(t)
 	plain := fooTar(t)
 	extracted := func(dir string) map[string]string {
 		p := dir
@@ -218,6 +219,7 @@ func TestAddArchiveChown(t *testing.T) {
 // testDockerfileAddArchiveThroughAbsoluteSymlink and containerd-style
 // breakouts: entries resolve inside the destination root.
 func TestAddArchiveConfined(t *testing.T) {
+	registrytest.RequireRoot(t)
 	host := t.TempDir()
 	sentinel := filepath.Join(host, "sentinel")
 	if err := os.WriteFile(sentinel, []byte("untouched"), 0o644); err != nil {

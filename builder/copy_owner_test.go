@@ -134,6 +134,7 @@ func TestCopyFromRootfs(t *testing.T) {
 // symlinks in the rootfs pointing at host paths never make COPY write
 // outside it.
 func TestCopyDestBreakouts(t *testing.T) {
+	registrytest.RequireRoot(t)
 	host := t.TempDir() // stands for a host directory an attacker targets
 	sentinel := filepath.Join(host, "sentinel")
 	if err := os.WriteFile(sentinel, []byte("untouched"), 0o644); err != nil {
@@ -180,6 +181,7 @@ func TestCopyDestBreakouts(t *testing.T) {
 }
 
 func TestCopyTimes(t *testing.T) {
+	registrytest.RequireRoot(t)
 	bc := ctLoadContext(t, "", ctxBasic...)
 	t.Run("source mtimes kept", func(t *testing.T) {
 		root := t.TempDir()

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/imgbuild/imgbuild/registry/registrytest"
 )
 
 // ctxBasic is the build context most copy cases use.
@@ -293,6 +295,7 @@ func TestCopyDockerignore(t *testing.T) {
 // does not exist).
 func runCopyCases(t *testing.T, cases []copyCase) {
 	t.Helper()
+	registrytest.RequireRoot(t) // files are chowned to 0:0
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			entries := tc.ctx

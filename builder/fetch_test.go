@@ -12,9 +12,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imgbuild/imgbuild/registry/registrytest"
 )
 
 func TestAddURL(t *testing.T) {
+	registrytest.RequireRoot(t)
 	lastMod := time.Date(2022, 3, 4, 5, 6, 7, 0, time.UTC)
 	archive := gzipOf(t, tarOf(t, []tar.Header{{Name: "foo", Typeflag: tar.TypeReg, Mode: 0o644}}, map[string]string{"foo": "content0"}))
 	mux := http.NewServeMux()
