@@ -167,7 +167,7 @@ func (a *applier) entry(ctx context.Context, hdr *tar.Header, r io.Reader) error
 		return err
 	}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeCont, tar.TypeGNUSparse:
 		return a.regular(ctx, p, base, hdr, r)
 	case tar.TypeDir:
 		return a.directory(p, base, hdr)
