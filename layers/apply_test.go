@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -502,6 +503,44 @@ func BenchmarkApply(b *testing.B) {
 		root := filepath.Join(b.TempDir(), "root")
 		if err := layers.Apply(context.Background(), root, bytes.NewReader(data), layers.ApplyOptions{NoChown: true}); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestApplyGNUTarArchive applies an archive written by GNU tar (PAX, "./"
+// prefixes, hardlinks, symlinks, xattrs) and compares with the source tree.
+func TestApplyGNUTarArchive(t *testing.T) {
+	tarBin, err := exec.LookPath("tar")
+	if err != nil {
+		t.Fatalf("GNU tar is needed: %v", err)
+	}
+	src, root := t.TempDir(), t.TempDir()
+	for _, s := range []setupFn{mkfile("etc/passwd", "root:x:0:0"), mkfile("bin/busybox", strings.Repeat("b", 5000)), mklink("bin/sh", "bin/busybox"),
+		mksymlink("usr/bin/env", "/bin/busybox"), mkfile("a b/ü ñ", "utf-8 names"), mkdir("empty")} {
+		s(t, layout{root: src})
+	}
+	if err := os.Chmod(filepath.Join(src, "bin/busybox"), 0o4755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(filepath.Join(src, "etc/passwd"), "user.test", []byte("v"), 0); err != nil {
+		t.Fatalf("setting a user xattr in %s: %v", src, err)
+	}
+	out, err := exec.Command(tarBin, "--format=pax", "--xattrs", "--xattrs-include=user.*", "-C", src, "-cf", "-", ".").Output()
+	if err != nil {
+		t.Fatalf("tar: %v", err)
+	}
+	if err := layers.Apply(context.Background(), root, bytes.NewReader(out), layers.ApplyOptions{NoChown: os.Geteuid() != 0}); err != nil {
+		t.Fatal(err)
+	}
+	wantTree(t, root, tree(t, src)...)
+	buf := make([]byte, 8)
+	if n, err := unix.Lgetxattr(filepath.Join(root, "etc/passwd"), "user.test", buf); err != nil || string(buf[:n]) != "v" {
+		t.Errorf("etc/passwd user.test = %q, %v", buf[:max(n, 0)], err)
+	}
+	for _, p := range []string{"etc", "etc/passwd", "usr/bin/env", "empty"} {
+		s1, s2 := lstat(t, filepath.Join(src, p)), lstat(t, filepath.Join(root, p))
+		if s1.Mtim.Sec != s2.Mtim.Sec {
+			t.Errorf("%s: mtime %d, source %d", p, s2.Mtim.Sec, s1.Mtim.Sec)
 		}
 	}
 }
