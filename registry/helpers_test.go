@@ -101,6 +101,30 @@ func failN(n int, status int, method, pathRE string) func(http.ResponseWriter, *
 	}
 }
 
+// dropN closes the connection without an answer for the first n requests
+// matching method and pathRE, as a flaky network does.
+func dropN(n int, method, pathRE string) func(http.ResponseWriter, *http.Request, http.Handler) bool {
+	re := regexp.MustCompile(pathRE)
+	var mu sync.Mutex
+	return func(w http.ResponseWriter, r *http.Request, _ http.Handler) bool {
+		if r.Method != method || !re.MatchString(r.URL.Path) {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if n == 0 {
+			return false
+		}
+		n--
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			panic(err)
+		}
+		conn.Close()
+		return true
+	}
+}
+
 func writeRegistryError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)

@@ -174,11 +174,14 @@ func TestPullRetries(t *testing.T) {
 		method string
 		path   string
 		want   string // error; "" for success after retries
+		// status 0 drops the connection instead of answering
 	}{
 		{"429 on manifest", 1, http.StatusTooManyRequests, http.MethodGet, `/manifests/`, ""},
 		{"500 twice on manifest", 2, http.StatusInternalServerError, http.MethodGet, `/manifests/`, ""},
 		{"503 on ping", 1, http.StatusServiceUnavailable, http.MethodGet, `^/v2/$`, ""},
 		{"502 on config blob", 1, http.StatusBadGateway, http.MethodGet, `/blobs/`, ""},
+		{"connection dropped twice on manifest", 2, 0, http.MethodGet, `/manifests/`, ""},
+		{"connection dropped on config blob", 1, 0, http.MethodGet, `/blobs/`, ""},
 		{"500 forever gives up", 1000, http.StatusInternalServerError, http.MethodGet, `/manifests/`,
 			": registry answered HTTP 500 UNAVAILABLE: injected failure"},
 	}
@@ -187,7 +190,11 @@ func TestPullRetries(t *testing.T) {
 			t.Parallel()
 			f := newFakeRegistry(t)
 			ref, img := pushFake(t, f, "test/retry:1")
-			f.setHook(failN(tc.fails, tc.status, tc.method, tc.path))
+			if tc.status == 0 {
+				f.setHook(dropN(tc.fails, tc.method, tc.path))
+			} else {
+				f.setHook(failN(tc.fails, tc.status, tc.method, tc.path))
+			}
 			start := time.Now()
 			got, err := Pull(t.Context(), ref, f.opts())
 			n := f.count(t, tc.method, tc.path)
