@@ -30,7 +30,9 @@ type ApplyOptions struct {
 // same tar, are resolved inside root. The final component of an entry is never
 // followed: an existing entry there is replaced (a directory over an existing
 // directory is kept and gets the new metadata; anything else is removed first,
-// directories recursively).
+// directories recursively). Missing parent directories are created (0755);
+// a parent that resolves to a non-directory or to a dangling symlink fails
+// Apply, as does a hardlink whose target does not exist inside root.
 //
 // OCI whiteouts are applied unless opts.NoWhiteouts: ".wh.NAME" removes NAME
 // and ".wh..wh..opq" empties its directory. Both only remove what existed
@@ -41,9 +43,9 @@ type ApplyOptions struct {
 // Metadata: owners via lchown (unless opts.NoChown), xattrs from PAX
 // SCHILY.xattr.* records, permission bits including setuid, setgid and sticky
 // (after chown, which clears them), access and modification times. Directory
-// modes and times are applied at the end, deepest last-listed first, so that
-// writing their children neither changes their times nor is prevented by a
-// read-only mode. Hardlink entries get no metadata of their own: they share
+// modes and times are applied at the end, in reverse order of listing, so
+// that writing their children neither changes their times nor is prevented
+// by a read-only mode. Hardlink entries get no metadata of their own: they share
 // the target's inode. Character and block devices are created only when the
 // process runs as root, and skipped without error otherwise or when mknod is
 // not permitted (root in a user namespace), as rootless builders do; FIFOs are
