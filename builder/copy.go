@@ -169,7 +169,12 @@ func (c *copier) collect(ctx context.Context) ([]srcItem, error) {
 func (c *copier) copyItem(ctx context.Context, it *srcItem, dest string, destIsDir bool) error {
 	clean := path.Clean(dest)
 	if it.unpack {
-		dir, err := c.mkdirAll(clean)
+		// BuildKit extracts into dest as a directory made with mode 0755
+		// whatever --chmod says (archive entries keep their own modes).
+		dir, err := c.join(clean)
+		if err == nil {
+			dir, err = c.mkdirMode(dir, 0o755)
+		}
 		if err != nil {
 			return err
 		}

@@ -139,6 +139,8 @@ func TestAddArchive(t *testing.T) {
 			op: copyOp{Add: true, Sources: []string{"t.tar.zst"}, Dest: "/out/"}, want: extracted("out")},
 		{name: "detected by content, not name", ctx: []ctEntry{cf("archive.bin", string(gzipOf(t, plain)), 0o600)},
 			op: copyOp{Add: true, Sources: []string{"archive.bin"}, Dest: "/out"}, want: extracted("out")},
+		{name: "--chmod does not apply to archive entries", ctx: []ctEntry{cf("t.tar", string(plain), 0o600)},
+			op: copyOp{Add: true, Sources: []string{"t.tar"}, Dest: "/out/", Chmod: "700"}, want: extracted("out")},
 		{name: "archive dest is always a directory", ctx: []ctEntry{cf("t.tar", string(plain), 0o600)},
 			op: copyOp{Add: true, Sources: []string{"t.tar"}, Dest: "/dest"}, want: extracted("dest")},
 		{name: "--unpack=false copies the file", ctx: []ctEntry{cf("t.tar.gz", string(gzipOf(t, plain)), 0o600)},

@@ -132,6 +132,11 @@ func (c *copier) mkdirAll(imagePath string) (string, error) {
 // mode for created destination directories and the --chown owner (0:0 by
 // default).
 func (c *copier) mkdirResolved(p string) (string, error) {
+	return c.mkdirMode(p, c.chmod.dirMode())
+}
+
+// mkdirMode is mkdirResolved with an explicit mode for created directories.
+func (c *copier) mkdirMode(p string, m os.FileMode) (string, error) {
 	rel, err := filepath.Rel(c.root, p)
 	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
 		return "", fmt.Errorf("path %s escapes the root", p)
@@ -152,7 +157,6 @@ func (c *copier) mkdirResolved(p string) (string, error) {
 		if !errors.Is(err, os.ErrNotExist) {
 			return "", err
 		}
-		m := c.chmod.dirMode()
 		if err := os.Mkdir(cur, m|0o700); err != nil {
 			return "", fmt.Errorf("mkdir %s: %w", c.imagePath(cur), err)
 		}
