@@ -20,16 +20,16 @@ import (
 	"github.com/imgbuild/imgbuild/layers"
 )
 
-// entry is one file of a flattened image.
-type entry struct {
+// fsEntry is one file of a flattened image.
+type fsEntry struct {
 	Type     byte
 	Mode     int64
 	UID, GID int
 	Content  string // regular files: content; symlinks: target
 }
 
-// writeContext creates a build context from name -> content ("Dockerfile" included).
-func writeContext(t *testing.T, files map[string]string) string {
+// btContext creates a build context from name -> content ("Dockerfile" included).
+func btContext(t *testing.T, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
 	for name, content := range files {
@@ -44,7 +44,7 @@ func writeContext(t *testing.T, files map[string]string) string {
 	return dir
 }
 
-func openStore(t *testing.T) *layers.Store {
+func btStore(t *testing.T) *layers.Store {
 	t.Helper()
 	st, err := layers.OpenStore(context.Background(), t.TempDir())
 	if err != nil {
@@ -53,12 +53,12 @@ func openStore(t *testing.T) *layers.Store {
 	return st
 }
 
-// flatten lists the image's final filesystem.
-func flatten(t *testing.T, img v1.Image) map[string]entry {
+// btFlatten lists the image's final filesystem.
+func btFlatten(t *testing.T, img v1.Image) map[string]fsEntry {
 	t.Helper()
 	rc := mutate.Extract(img)
 	defer rc.Close()
-	out := map[string]entry{}
+	out := map[string]fsEntry{}
 	tr := tar.NewReader(rc)
 	for {
 		h, err := tr.Next()
@@ -68,7 +68,7 @@ func flatten(t *testing.T, img v1.Image) map[string]entry {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e := entry{Type: h.Typeflag, Mode: h.Mode & 0o7777, UID: h.Uid, GID: h.Gid}
+		e := fsEntry{Type: h.Typeflag, Mode: h.Mode & 0o7777, UID: h.Uid, GID: h.Gid}
 		switch h.Typeflag {
 		case tar.TypeReg:
 			b, err := io.ReadAll(tr)
@@ -83,7 +83,7 @@ func flatten(t *testing.T, img v1.Image) map[string]entry {
 	}
 }
 
-func mustBuild(t *testing.T, opts builder.Options) *builder.Result {
+func btBuild(t *testing.T, opts builder.Options) *builder.Result {
 	t.Helper()
 	res, err := builder.Build(context.Background(), opts)
 	if err != nil {
@@ -111,11 +111,11 @@ ONBUILD COPY x /x
 WORKDIR rel
 WORKDIR sub
 CMD run $GREETING
-ENTRYPOINT ["/entry"]
+ENTRYPOINT ["/fsEntry"]
 MAINTAINER someone
 `
-	dir := writeContext(t, map[string]string{"Dockerfile": df})
-	res := mustBuild(t, builder.Options{ContextDir: dir, Store: openStore(t)})
+	dir := btContext(t, map[string]string{"Dockerfile": df})
+	res := btBuild(t, builder.Options{ContextDir: dir, Store: btStore(t)})
 	cfg, err := res.Image.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
@@ -132,13 +132,13 @@ MAINTAINER someone
 		{"volumes", c.Volumes, map[string]struct{}{"/data": {}}},
 		{"stopsignal", c.StopSignal, "SIGINT"},
 		{"shell", c.Shell, []string{"/bin/ash", "-c"}},
-		{"healthcheck", c.Healthcheck.Test, []string{"CMD", "check", "--now"}},
+		{"healthcheck", c.Healthcheck.Test, []string{"CMD-SHELL", "check --now"}},
 		{"healthcheck retries", c.Healthcheck.Retries, 3},
 		{"onbuild", c.OnBuild, []string{"COPY x /x"}},
 		{"workdir", c.WorkingDir, "/rel/sub"},
 		// ENTRYPOINT after CMD in the same stage keeps CMD; CMD is shell form through SHELL.
 		{"cmd", c.Cmd, []string{"/bin/ash", "-c", "run $GREETING"}},
-		{"entrypoint", c.Entrypoint, []string{"/entry"}},
+		{"entrypoint", c.Entrypoint, []string{"/fsEntry"}},
 		{"author", cfg.Author, "someone"},
 	}
 	for _, ck := range checks {
@@ -146,7 +146,7 @@ MAINTAINER someone
 			t.Errorf("%s: got %#v, want %#v", ck.name, ck.got, ck.want)
 		}
 	}
-	fs := flatten(t, res.Image)
+	fs := btFlatten(t, res.Image)
 	// WORKDIR creates the directories as the current USER.
 	if e, ok := fs["rel/sub"]; !ok || e.Type != tar.TypeDir || e.UID != 1000 || e.GID != 1000 {
 		t.Errorf("rel/sub: %+v (present %v)", e, ok)
@@ -155,8 +155,8 @@ MAINTAINER someone
 
 func TestBuildEntrypointResetsInheritedCmd(t *testing.T) {
 	df := "FROM scratch AS a\nCMD [\"a\"]\nFROM a\nENTRYPOINT [\"/e\"]\n"
-	dir := writeContext(t, map[string]string{"Dockerfile": df})
-	res := mustBuild(t, builder.Options{ContextDir: dir, Store: openStore(t)})
+	dir := btContext(t, map[string]string{"Dockerfile": df})
+	res := btBuild(t, builder.Options{ContextDir: dir, Store: btStore(t)})
 	cfg, _ := res.Image.ConfigFile()
 	if cfg.Config.Cmd != nil || !reflect.DeepEqual(cfg.Config.Entrypoint, []string{"/e"}) {
 		t.Fatalf("cmd %v entrypoint %v", cfg.Config.Cmd, cfg.Config.Entrypoint)
@@ -169,10 +169,10 @@ func TestBuildCopyAndStages(t *testing.T) {
 		"FROM scratch\nARG TARGETOS\nCOPY --from=files /src /app/\n" +
 		"COPY --chmod=0755 a.txt /bin/tool\n" +
 		"COPY <<EOT /etc/motd\nos=${TARGETOS}\nEOT\n"
-	dir := writeContext(t, map[string]string{"Dockerfile": df, "a.txt": "A", "dir/b.txt": "B"})
-	res := mustBuild(t, builder.Options{ContextDir: dir, Store: openStore(t)})
-	fs := flatten(t, res.Image)
-	want := map[string]entry{
+	dir := btContext(t, map[string]string{"Dockerfile": df, "a.txt": "A", "dir/b.txt": "B"})
+	res := btBuild(t, builder.Options{ContextDir: dir, Store: btStore(t)})
+	fs := btFlatten(t, res.Image)
+	want := map[string]fsEntry{
 		"app/a.txt": {Type: tar.TypeReg, Mode: 0o644, Content: "A"},
 		"app/b.txt": {Type: tar.TypeReg, Mode: 0o644, Content: "B"},
 		"bin/tool":  {Type: tar.TypeReg, Mode: 0o755, Content: "A"},
@@ -201,8 +201,8 @@ func TestBuildErrorsNameLine(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := writeContext(t, map[string]string{"Dockerfile": tc.df})
-			_, err := builder.Build(context.Background(), builder.Options{ContextDir: dir, Target: tc.target, Store: openStore(t)})
+			dir := btContext(t, map[string]string{"Dockerfile": tc.df})
+			_, err := builder.Build(context.Background(), builder.Options{ContextDir: dir, Target: tc.target, Store: btStore(t)})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want it to contain %q", err, tc.want)
 			}
@@ -214,14 +214,14 @@ func TestBuildReproducibleWithSourceDateEpoch(t *testing.T) {
 	files := map[string]string{"Dockerfile": "FROM scratch\nCOPY . /src/\nWORKDIR /w\nLABEL a=b\n", "f": "x", "d/g": "y"}
 	var digests []string
 	for i := 0; i < 2; i++ {
-		dir := writeContext(t, files)
+		dir := btContext(t, files)
 		now := time.Unix(int64(1700000000+i*1000), 0)
 		for _, p := range []string{"f", "d/g", "d", "."} {
 			if err := os.Chtimes(filepath.Join(dir, p), now, now); err != nil {
 				t.Fatal(err)
 			}
 		}
-		res := mustBuild(t, builder.Options{ContextDir: dir, Store: openStore(t),
+		res := btBuild(t, builder.Options{ContextDir: dir, Store: btStore(t),
 			BuildArgs: map[string]string{"SOURCE_DATE_EPOCH": "1600000000"}})
 		digests = append(digests, res.Digest.String())
 		cfg, _ := res.Image.ConfigFile()

@@ -157,7 +157,7 @@ func (b *build) finish(ctx context.Context, res *stageResult) (*Result, error) {
 	}
 	out := &Result{Image: stored, Digest: dgst, ConfigDigest: cdgst, Descriptor: *desc, Tags: b.opts.Tags}
 	if len(b.opts.Outputs) > 0 {
-		if err := Export(ctx, out, b.opts.Outputs, ExportOptions{Registry: b.opts.Registry, Stdout: os.Stdout}); err != nil {
+		if err := Export(ctx, out, b.opts.Outputs, ExportOptions{Registry: b.opts.Registry, Stdout: b.opts.Stdout}); err != nil {
 			return nil, err
 		}
 	}

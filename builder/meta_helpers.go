@@ -97,11 +97,7 @@ func validateSignal(s string) error {
 // userIDs resolves a USER value ("name", "uid", "name:group", ...) against
 // the rootfs's /etc/passwd and /etc/group.
 func userIDs(root, spec string) (int, int, error) {
-	u, err := lookupUser(root, spec)
-	if err != nil {
-		return 0, 0, err
-	}
-	return u.UID, u.GID, nil
+	return lookupChown(root, spec)
 }
 
 // mkdirAllInRoot creates dir (absolute, inside root) and its missing parents

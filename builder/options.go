@@ -51,6 +51,8 @@ type Options struct {
 	Progress func(Event)
 	// Outputs are exported after a successful build (see ParseOutput).
 	Outputs []Output
+	// Stdout receives outputs whose Dest is "-"; nil makes such outputs an error.
+	Stdout io.Writer
 }
 
 // Result is a successful build.
