@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -111,6 +112,10 @@ func applyLayer(ctx context.Context, dir string, l v1.Layer) error {
 	if err := layers.Apply(ctx, dir, rc, layers.ApplyOptions{NoChown: os.Geteuid() != 0}); err != nil {
 		d, _ := l.Digest()
 		return fmt.Errorf("extracting layer %s: %w", d, err)
+	}
+	// Read to EOF so the blob's digest is verified.
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return fmt.Errorf("reading layer: %w", err)
 	}
 	return nil
 }
