@@ -44,6 +44,9 @@ func Parse(dt []byte, name string) (*File, error) {
 	if len(bytes.TrimSpace(dt)) == 0 {
 		return nil, &Error{File: name, Err: errors.New("the Dockerfile cannot be empty")}
 	}
+	if err := checkSyntax(dt, name); err != nil {
+		return nil, err
+	}
 	res, err := parser.Parse(bytes.NewReader(dt))
 	if err != nil {
 		return nil, WithLocation(name, nil, err)
@@ -95,4 +98,29 @@ func stripStack(msg string) string {
 		return msg[i+2:]
 	}
 	return msg
+}
+
+// checkSyntax accepts the `# syntax=` directives that name the Dockerfile
+// frontend imgbuild implements (docker/dockerfile, any 1.x version or
+// channel) and rejects other frontends, which would need to be pulled and run.
+func checkSyntax(dt []byte, name string) error {
+	ref, _, loc, ok := parser.DetectSyntax(dt)
+	if !ok {
+		return nil
+	}
+	repo := ref
+	if i := strings.LastIndex(repo, "@"); i >= 0 {
+		repo = repo[:i]
+	}
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo = repo[:i]
+	}
+	for _, prefix := range []string{"docker.io/", "index.docker.io/", "library/"} {
+		repo = strings.TrimPrefix(repo, prefix)
+	}
+	switch repo {
+	case "docker/dockerfile", "docker/dockerfile-upstream":
+		return nil
+	}
+	return &Error{File: name, Line: Line(loc), Err: fmt.Errorf("syntax %q: custom Dockerfile frontends are not supported (imgbuild implements docker/dockerfile:1)", ref)}
 }

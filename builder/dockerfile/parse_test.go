@@ -14,6 +14,7 @@ func TestParseErrorsNameFileAndLine(t *testing.T) {
 		{"no from", "Dockerfile", "COPY a b\n", "Dockerfile:1: "},
 		{"empty", "Dockerfile", " \n", "Dockerfile: the Dockerfile cannot be empty"},
 		{"comments only", "Dockerfile", "\n# just a comment\n", "Dockerfile:2: file with no instructions"},
+		{"custom frontend", "Dockerfile", "# syntax=example.com/my/frontend:2\nFROM scratch\n", "Dockerfile:1: syntax \"example.com/my/frontend:2\": custom Dockerfile frontends are not supported"},
 		{"bad healthcheck", "df", "FROM scratch\nHEALTHCHECK --interval=xx CMD true\n", "df:2: "},
 	}
 	for _, tc := range tests {
@@ -43,5 +44,13 @@ func TestParseStagesAndMetaArgs(t *testing.T) {
 	}
 	if f.Name != "Dockerfile" || f.Escape != '\\' {
 		t.Fatalf("name %q escape %q", f.Name, f.Escape)
+	}
+}
+
+func TestParseAcceptsDockerfileSyntax(t *testing.T) {
+	for _, syntax := range []string{"docker/dockerfile:1", "docker/dockerfile:1.7-labs", "docker.io/docker/dockerfile:1@sha256:abc", "docker/dockerfile-upstream:master"} {
+		if _, err := Parse([]byte("# syntax="+syntax+"\nFROM scratch\n"), ""); err != nil {
+			t.Errorf("%s: %v", syntax, err)
+		}
 	}
 }
