@@ -3,12 +3,17 @@ package builder_test
 import (
 	"archive/tar"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -231,5 +236,59 @@ func TestBuildReproducibleWithSourceDateEpoch(t *testing.T) {
 	}
 	if digests[0] != digests[1] {
 		t.Fatalf("digests differ: %v", digests)
+	}
+}
+
+func TestBuildHealthcheckStartInterval(t *testing.T) {
+	df := "FROM scratch\nHEALTHCHECK --interval=1m --start-period=2s --start-interval=3s --retries=2 CMD [\"/probe\"]\n"
+	dir := btContext(t, map[string]string{"Dockerfile": df})
+	res := btBuild(t, builder.Options{ContextDir: dir, Store: btStore(t)})
+	raw, err := res.Image.RawConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Config struct {
+			Healthcheck struct {
+				Test                                 []string
+				Interval, StartPeriod, StartInterval time.Duration
+				Retries                              int
+			}
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	h := c.Config.Healthcheck
+	if h.StartInterval != 3*time.Second || h.Interval != time.Minute || h.StartPeriod != 2*time.Second || h.Retries != 2 ||
+		!reflect.DeepEqual(h.Test, []string{"CMD", "/probe"}) {
+		t.Fatalf("healthcheck %+v in %s", h, raw)
+	}
+}
+
+// TestBuildIndependentStagesConcurrently has two stages each ADD a URL whose
+// server answers only once both requests arrived: a sequential builder fails.
+func TestBuildIndependentStagesConcurrently(t *testing.T) {
+	var arrived sync.WaitGroup
+	arrived.Add(2)
+	both := make(chan struct{})
+	go func() { arrived.Wait(); close(both) }()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived.Done()
+		select {
+		case <-both:
+			fmt.Fprint(w, r.URL.Path)
+		case <-time.After(20 * time.Second):
+			http.Error(w, "the other stage never asked", http.StatusGatewayTimeout)
+		}
+	}))
+	defer srv.Close()
+	df := fmt.Sprintf("FROM scratch AS a\nADD %[1]s/a /a\nFROM scratch AS b\nADD %[1]s/b /b\n"+
+		"FROM scratch\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n", srv.URL)
+	dir := btContext(t, map[string]string{"Dockerfile": df})
+	res := btBuild(t, builder.Options{ContextDir: dir, Store: btStore(t)})
+	fs := btFlatten(t, res.Image)
+	if fs["a"].Content != "/a" || fs["b"].Content != "/b" {
+		t.Fatalf("unexpected files: a=%+v b=%+v", fs["a"], fs["b"])
 	}
 }

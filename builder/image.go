@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
@@ -79,11 +80,15 @@ func (b *build) image(ctx context.Context, ref string, plat v1.Platform) (*stage
 		return nil, fmt.Errorf("reading layers of %s: %w", ref, err)
 	}
 	cfg = cfg.DeepCopy()
+	si, err := healthStartInterval(img)
+	if err != nil {
+		return nil, fmt.Errorf("reading config of %s: %w", ref, err)
+	}
 	p := plat
 	if cfg.OS != "" && cfg.Architecture != "" {
 		p = v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
 	}
-	return &stageResult{cfg: cfg, layers: ls, platform: p}, nil
+	return &stageResult{cfg: cfg, layers: ls, platform: p, startInterval: si}, nil
 }
 
 // materialize extracts layers, in order, into a fresh directory.
@@ -134,7 +139,7 @@ func (b *build) finish(ctx context.Context, res *stageResult) (*Result, error) {
 		cfg.OS, cfg.Architecture, cfg.Variant = b.target.OS, b.target.Architecture, b.target.Variant
 	}
 	cfg.Created = v1.Time{Time: b.createdTime()}
-	img, err := assemble(cfg, res.layers)
+	img, err := assemble(cfg, res.layers, res.startInterval)
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +176,7 @@ func (b *build) finish(ctx context.Context, res *stageResult) (*Result, error) {
 
 // assemble makes an OCI image from a config and its layers. Layer media
 // types are normalized to OCI's.
-func assemble(cfg *v1.ConfigFile, ls []v1.Layer) (v1.Image, error) {
+func assemble(cfg *v1.ConfigFile, ls []v1.Layer, startInterval time.Duration) (v1.Image, error) {
 	cfg.RootFS.Type = "layers"
 	cfg.RootFS.DiffIDs = nil
 	m := &v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1}
@@ -190,7 +195,7 @@ func assemble(cfg *v1.ConfigFile, ls []v1.Layer) (v1.Image, error) {
 		m.Layers = append(m.Layers, *desc)
 		byDigest[desc.Digest] = l
 	}
-	rawCfg, err := json.Marshal(cfg)
+	rawCfg, err := marshalConfig(cfg, startInterval)
 	if err != nil {
 		return nil, err
 	}
@@ -232,4 +237,58 @@ func (r *rawImage) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
 		return l, nil
 	}
 	return nil, fmt.Errorf("layer %s not found", h)
+}
+
+// marshalConfig is json.Marshal(cfg) plus Healthcheck.StartInterval, which
+// go-containerregistry's HealthConfig lacks.
+func marshalConfig(cfg *v1.ConfigFile, startInterval time.Duration) ([]byte, error) {
+	raw, err := json.Marshal(cfg)
+	if err != nil || startInterval == 0 || cfg.Config.Healthcheck == nil {
+		return raw, err
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, err
+	}
+	var conf map[string]json.RawMessage
+	if err := json.Unmarshal(doc["config"], &conf); err != nil {
+		return nil, err
+	}
+	var hc map[string]json.RawMessage
+	if err := json.Unmarshal(conf["Healthcheck"], &hc); err != nil {
+		return nil, err
+	}
+	hc["StartInterval"] = json.RawMessage(fmt.Sprint(int64(startInterval)))
+	for _, step := range []struct {
+		m   map[string]json.RawMessage
+		key string
+		v   any
+	}{{conf, "Healthcheck", hc}, {doc, "config", conf}} {
+		b, err := json.Marshal(step.v)
+		if err != nil {
+			return nil, err
+		}
+		step.m[step.key] = b
+	}
+	return json.Marshal(doc)
+}
+
+// healthStartInterval reads Healthcheck.StartInterval from img's raw config.
+func healthStartInterval(img v1.Image) (time.Duration, error) {
+	raw, err := img.RawConfigFile()
+	if err != nil {
+		return 0, err
+	}
+	var c struct {
+		Config struct {
+			Healthcheck *struct{ StartInterval time.Duration } `json:"Healthcheck"`
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return 0, err
+	}
+	if c.Config.Healthcheck == nil {
+		return 0, nil
+	}
+	return c.Config.Healthcheck.StartInterval, nil
 }

@@ -144,6 +144,7 @@ func (r *stageRun) healthcheck(cmd *instructions.HealthCheckCommand) error {
 		Retries:     h.Retries,
 	}
 	r.cfg.Config.Healthcheck = hc
+	r.startInterval = h.StartInterval
 	r.history(fmt.Sprintf("HEALTHCHECK %+v", *h), false)
 	return nil
 }

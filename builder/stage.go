@@ -23,6 +23,9 @@ type stageResult struct {
 	rootfs   string   // materialized filesystem, read-only once the stage is done
 	runEnv   []string // ENV plus ARG values in scope, inherited by FROM <stage>
 	platform v1.Platform
+	// startInterval is HEALTHCHECK --start-interval, which go-containerregistry's
+	// config type does not carry; it is written into the final config.
+	startInterval time.Duration
 }
 
 // stageRun is the mutable state while a stage's instructions are dispatched.
@@ -36,6 +39,8 @@ type stageRun struct {
 	runEnv []string
 	plat   v1.Platform
 	cmdSet bool // CMD given in this stage (ENTRYPOINT then keeps it)
+
+	startInterval time.Duration
 }
 
 func (b *build) runStage(ctx context.Context, st *stage) (*stageResult, error) {
@@ -53,6 +58,7 @@ func (b *build) runStage(ctx context.Context, st *stage) (*stageResult, error) {
 	r.layers = append([]v1.Layer(nil), base.layers...)
 	r.runEnv = append([]string(nil), base.runEnv...)
 	r.plat = base.platform
+	r.startInterval = base.startInterval
 	if r.rootfs, err = b.materialize(ctx, r.layers); err != nil {
 		return nil, err
 	}
@@ -75,7 +81,8 @@ func (b *build) runStage(ctx context.Context, st *stage) (*stageResult, error) {
 			return nil, err
 		}
 	}
-	return &stageResult{cfg: r.cfg, layers: r.layers, rootfs: r.rootfs, runEnv: r.runEnv, platform: r.plat}, nil
+	return &stageResult{cfg: r.cfg, layers: r.layers, rootfs: r.rootfs, runEnv: r.runEnv,
+		platform: r.plat, startInterval: r.startInterval}, nil
 }
 
 // onbuild parses and runs one ONBUILD trigger inherited from the base.
