@@ -66,6 +66,13 @@ func (o LayerOptions) MediaType() (types.MediaType, error) {
 // the machine's core count.
 const gzipBlockSize = 1 << 20
 
+// gzipBlocks is the number of blocks pgzip compresses at once: two per core
+// keep every core busy while a block is written out; at most 16, so that
+// memory stays bounded (about 3 MiB per block) on large machines.
+func gzipBlocks() int {
+	return min(2*runtime.GOMAXPROCS(0), 16)
+}
+
 // newCompressor wraps w in the compressor that opts select. Closing the
 // returned writer flushes the compressed stream; it does not close w.
 func newCompressor(w io.Writer, opts LayerOptions) (io.WriteCloser, error) {
@@ -86,9 +93,7 @@ func newCompressor(w io.Writer, opts LayerOptions) (io.WriteCloser, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gzip writer: %w", err)
 		}
-		// Two blocks per core keep every core busy while one block is
-		// being written out.
-		if err := gz.SetConcurrency(gzipBlockSize, 2*runtime.GOMAXPROCS(0)); err != nil {
+		if err := gz.SetConcurrency(gzipBlockSize, gzipBlocks()); err != nil {
 			return nil, fmt.Errorf("gzip writer: %w", err)
 		}
 		return gz, nil

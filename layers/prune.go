@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
@@ -19,11 +20,16 @@ type PruneReport struct {
 	Bytes  int64 // bytes freed: deleted blobs and temporary files
 }
 
+// TempGrace is how long Prune leaves entries of Root()/tmp alone after
+// their last modification, in case a TempDir user holds no lease.
+const TempGrace = 15 * time.Minute
+
 // Prune drops untagged images from the index, deletes the blobs no tagged
-// image references, and empties Root()/tmp. It first waits (until ctx is
-// done) for every lease to be released, so it never deletes the blobs or
-// scratch files of a build running in this or another process. If a
-// tagged image cannot be read, Prune deletes no blob and fails.
+// image references, and removes what is left in Root()/tmp (entries older
+// than TempGrace). It first waits (until ctx is done) for every lease to be
+// released, so it never deletes the blobs or scratch files of a build
+// running in this or another process. If a tagged image cannot be read,
+// Prune deletes no blob and fails.
 func (s *Store) Prune(ctx context.Context) (PruneReport, error) {
 	var rep PruneReport
 	release, err := lockFile(ctx, filepath.Join(s.root, gcLock), unix.LOCK_EX)
@@ -135,7 +141,8 @@ func (s *Store) sweepBlobs(ctx context.Context, keep map[v1.Hash]bool, rep *Prun
 }
 
 // sweepTmp empties tmp/: with the exclusive gc lock and the index lock held
-// no writer is running, so everything there is left over.
+// no store writer is running, so everything there is left over, but for
+// recent entries of TempDir users without a lease.
 func (s *Store) sweepTmp(rep *PruneReport) error {
 	dir := filepath.Join(s.root, tmpDir)
 	ents, err := os.ReadDir(dir)
@@ -143,6 +150,10 @@ func (s *Store) sweepTmp(rep *PruneReport) error {
 		return err
 	}
 	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil || time.Since(fi.ModTime()) < TempGrace {
+			continue
+		}
 		p := filepath.Join(dir, e.Name())
 		filepath.WalkDir(p, func(_ string, d fs.DirEntry, err error) error {
 			if err == nil && d.Type().IsRegular() {

@@ -327,11 +327,15 @@ func (s *Store) Images(ctx context.Context) ([]ImageInfo, error) {
 		if !d.MediaType.IsImage() {
 			continue
 		}
+		ref := d.Annotations[RefNameAnnotation]
 		img, err := s.loadImage(d)
 		if err != nil {
-			return nil, err
+			if ref == "" {
+				ref = d.Digest.String()
+			}
+			return nil, fmt.Errorf("image %s: %w", ref, err)
 		}
-		info := ImageInfo{Ref: d.Annotations[RefNameAnnotation], Digest: d.Digest, Size: img.storedSize()}
+		info := ImageInfo{Ref: ref, Digest: d.Digest, Size: img.storedSize()}
 		if img.config.Created.Time != (time.Time{}) {
 			info.Created = img.config.Created.Time
 		}

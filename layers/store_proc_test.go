@@ -40,6 +40,14 @@ func TestPrune(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(leftover, "f"), make([]byte, 1000), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	old := time.Now().Add(-layers.TempGrace - time.Minute)
+	if err := os.Chtimes(leftover, old, old); err != nil {
+		t.Fatal(err)
+	}
+	recent, err := s.TempDir(ctx, "recent-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var wantBytes int64 = 1000
 	for _, h := range blobsOf(t, imgB) {
 		if h == mustDigest(t, shared) {
@@ -67,8 +75,8 @@ func TestPrune(t *testing.T) {
 	if _, err := s.Image(ctx, dB.String()); !errors.Is(err, layers.ErrNotFound) {
 		t.Errorf("untagged image still there: %v", err)
 	}
-	if n := dirNames(t, filepath.Join(s.Root(), "tmp")); len(n) != 0 {
-		t.Errorf("tmp/ not emptied: %v", n)
+	if n := dirNames(t, filepath.Join(s.Root(), "tmp")); len(n) != 1 || n[0] != filepath.Base(recent) {
+		t.Errorf("tmp/ holds %v, want only the recent %s", n, filepath.Base(recent))
 	}
 	if got, want := len(dirNames(t, filepath.Join(s.Root(), "oci", "blobs", "sha256"))), len(blobsOf(t, imgA)); got != want {
 		t.Errorf("%d blobs left, want %d", got, want)

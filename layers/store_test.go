@@ -620,3 +620,54 @@ func TestImageAmbiguousPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteLayerMemoryBounded streams a layer much larger than the heap
+// may grow: WriteLayer must not buffer the layer.
+func TestWriteLayerMemoryBounded(t *testing.T) {
+	const total = 96 << 20
+	chunk := compressible(5, 1<<20)
+	for _, c := range []layers.Compression{layers.Gzip, layers.Zstd} {
+		t.Run(string(c), func(t *testing.T) {
+			s := openTestStore(t)
+			runtime.GC()
+			var base runtime.MemStats
+			runtime.ReadMemStats(&base)
+			stop, peak := make(chan struct{}), make(chan uint64)
+			go func() {
+				var max uint64
+				var ms runtime.MemStats
+				for {
+					runtime.ReadMemStats(&ms)
+					if ms.HeapInuse > max {
+						max = ms.HeapInuse
+					}
+					select {
+					case <-stop:
+						peak <- max
+						return
+					case <-time.After(5 * time.Millisecond):
+					}
+				}
+			}()
+			l, err := s.WriteLayer(context.Background(), func(w io.Writer) error {
+				for n := 0; n < total; n += len(chunk) {
+					chunk[n/len(chunk)] ^= 0xff // no two chunks alike
+					if _, err := w.Write(chunk); err != nil {
+						return err
+					}
+				}
+				return nil
+			}, layers.LayerOptions{Compression: c, Level: 1})
+			close(stop)
+			grew := int64(<-peak) - int64(base.HeapInuse)
+			if err != nil {
+				t.Fatal(err)
+			}
+			size, _ := l.Size()
+			t.Logf("%s: %d MiB in, %d MiB stored, heap grew by at most %d MiB", c, total>>20, size>>20, grew>>20)
+			if grew > 64<<20 {
+				t.Errorf("heap grew by %d MiB while writing a %d MiB layer", grew>>20, total>>20)
+			}
+		})
+	}
+}
