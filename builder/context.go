@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
@@ -43,7 +44,12 @@ type buildContext struct {
 	Dockerfile     []byte // the Dockerfile's bytes
 	DockerfileName string // base name for error messages, e.g. "Dockerfile.prod"
 
-	ignore *patternmatcher.PatternMatcher // nil when nothing is ignored
+	// ignore holds the .dockerignore rules (nil when nothing is ignored).
+	// PatternMatcher compiles patterns lazily and is not safe for
+	// concurrent use; stages copy from the context concurrently, so every
+	// use holds ignoreMu.
+	ignore   *patternmatcher.PatternMatcher
+	ignoreMu sync.Mutex
 }
 
 // loadContext opens the build context described by o: a directory or an
@@ -200,6 +206,8 @@ func (bc *buildContext) hidden(rel string, isDir bool) bool {
 	if bc == nil || bc.ignore == nil || rel == "" || rel == "." {
 		return false
 	}
+	bc.ignoreMu.Lock()
+	defer bc.ignoreMu.Unlock()
 	m, err := bc.ignore.MatchesOrParentMatches(rel)
 	if err != nil || !m {
 		return err != nil

@@ -190,3 +190,23 @@ func TestContextHiddenDirs(t *testing.T) {
 		}
 	}
 }
+
+// TestContextConcurrentCopies copies from one context with .dockerignore
+// rules from several goroutines, as concurrent stages do (run with -race).
+func TestContextConcurrentCopies(t *testing.T) {
+	registrytest.RequireRoot(t)
+	bc := ctLoadContext(t, "**/*.log\n!keep.log\nvendor\n!vendor/keep\n",
+		cf("a.log", "", 0o644), cf("keep.log", "k", 0o644), cf("vendor/x", "", 0o644), cf("vendor/keep", "", 0o644), cf("src/z", "z", 0o644))
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			_, err := copyFiles(context.Background(), copyOp{Context: bc, Sources: []string{"."}, Dest: "/", DestRoot: t.TempDir()})
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
