@@ -212,7 +212,7 @@ func (bc *buildContext) hidden(rel string, isDir bool) bool {
 	if err != nil || !m {
 		return err != nil
 	}
-	if !isDir || !bc.ignore.Exclusions() {
+	if !isDir || !bc.ignore.Exclusions() || !bc.exceptionBelow(rel) {
 		return true
 	}
 	found := false
@@ -255,4 +255,21 @@ func (bc *buildContext) rel(p string) (string, bool) {
 		return "", false
 	}
 	return path.Clean(filepath.ToSlash(r)), true
+}
+
+// exceptionBelow reports whether a "!" pattern could re-include something
+// below the ignored directory rel. Like fsutil's walker, it answers without
+// a walk when every exception is a plain path: only one under rel counts.
+func (bc *buildContext) exceptionBelow(rel string) bool {
+	for _, p := range bc.ignore.Patterns() {
+		if !p.Exclusion() {
+			continue
+		}
+		s := filepath.ToSlash(p.String())
+		s = strings.TrimSuffix(strings.TrimSuffix(s, "/**"), "/*")
+		if strings.ContainsAny(s, `*[]?^\`) || strings.HasPrefix(s+"/", rel+"/") {
+			return true
+		}
+	}
+	return false
 }

@@ -167,8 +167,9 @@ func TestLoadContextTar(t *testing.T) {
 }
 
 func TestContextHiddenDirs(t *testing.T) {
-	bc := ctLoadContext(t, "vendor\n!vendor/keep/**\nbuild\n",
-		cf("vendor/a/x", "", 0o644), cf("vendor/keep/y", "", 0o644), cf("build/out", "", 0o644), cf("src/z", "", 0o644))
+	bc := ctLoadContext(t, "vendor\n!vendor/keep/**\nbuild\nnode_modules\n",
+		cf("vendor/a/x", "", 0o644), cf("vendor/keep/y", "", 0o644), cf("build/out", "", 0o644), cf("src/z", "", 0o644),
+		cf("node_modules/m/index.js", "", 0o644))
 	cases := []struct {
 		path   string
 		isDir  bool
@@ -183,6 +184,7 @@ func TestContextHiddenDirs(t *testing.T) {
 		{"build/out", false, true},
 		{"src/z", false, false},
 		{"", true, false},
+		{"node_modules", true, true}, // no exception below: hidden without a walk
 	}
 	for _, tc := range cases {
 		if got := bc.hidden(tc.path, tc.isDir); got != tc.hidden {
