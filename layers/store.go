@@ -231,7 +231,7 @@ func (s *Store) newBlobWriter() (*blobWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating temporary blob: %w", err)
 	}
-	return &blobWriter{s: s, f: f, buf: bufio.NewWriterSize(f, 1<<20), h: sha256.New()}, nil
+	return &blobWriter{s: s, f: f, buf: bufio.NewWriterSize(f, 64<<10), h: sha256.New()}, nil
 }
 
 func (b *blobWriter) Write(p []byte) (int, error) {
