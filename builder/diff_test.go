@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -87,7 +88,9 @@ func (e diffEnv) runCase(t *testing.T, c diffCase) {
 		args[k] = v
 	}
 
+	start := time.Now()
 	bimg, err := e.buildah.build(ctx, c.Name, ctxDir, buildahDockerfile, args, c.Target, work)
+	buildahTime := time.Since(start)
 	if err != nil {
 		t.Fatalf("the reference build failed (every case must build with buildah): %v", err)
 	}
@@ -100,6 +103,7 @@ func (e diffEnv) runCase(t *testing.T, c diffCase) {
 	}
 	e.dumpSnapshot(t, c.Name, "buildkit", want)
 
+	start = time.Now()
 	res, err := builder.Build(ctx, builder.Options{
 		ContextDir: ctxDir,
 		BuildArgs:  args,
@@ -110,6 +114,7 @@ func (e diffEnv) runCase(t *testing.T, c diffCase) {
 	if err != nil {
 		t.Fatalf("imgbuild: %v", err)
 	}
+	t.Logf("buildah %v, imgbuild %v", buildahTime.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	if err := validate.Image(res.Image); err != nil {
 		t.Errorf("validate.Image: %v", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"testing"
 )
 
 // toBuildKit rewrites s (buildah's snapshot) into the BuildKit reference.
@@ -177,4 +178,93 @@ func strictUnmarshal(b []byte, v any) error {
 func isNull(raw json.RawMessage) bool {
 	s := strings.TrimSpace(string(raw))
 	return s == "" || s == "null"
+}
+
+// TestDiffExpectations checks how case.json differences rewrite a buildah
+// snapshot, and that stale ones are rejected.
+func TestDiffExpectations(t *testing.T) {
+	base := func() *snapshot {
+		return &snapshot{
+			Files: map[string]entry{
+				"/d":   {Type: "dir", Mode: "0755"},
+				"/d/f": {Type: "file", Mode: "0644", UID: 1000, GID: 1000, Size: 1, SHA256: "ab"},
+				"/x":   {Type: "file", Mode: "0644", Size: 1, SHA256: "cd"},
+			},
+			Config: map[string]json.RawMessage{"WorkingDir": json.RawMessage("null"), "Env": json.RawMessage(`["A=1"]`)},
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		c       diffCase
+		wantErr string
+		check   func(*snapshot) bool
+	}{
+		{
+			name:  "config value replaced",
+			c:     diffCase{Config: []configDifference{{Field: "WorkingDir", Buildah: nil, BuildKit: json.RawMessage(`"/"`)}}},
+			check: func(s *snapshot) bool { return string(s.Config["WorkingDir"]) == `"/"` },
+		},
+		{
+			name:    "stale config value",
+			c:       diffCase{Config: []configDifference{{Field: "Env", Buildah: json.RawMessage(`["A=2"]`), BuildKit: json.RawMessage(`[]`)}}},
+			wantErr: "update case.json",
+		},
+		{
+			name:    "unknown config field",
+			c:       diffCase{Config: []configDifference{{Field: "Nope"}}},
+			wantErr: "unknown field",
+		},
+		{
+			name:  "file patched",
+			c:     diffCase{Files: []fileDifference{{Path: "/d", Buildah: json.RawMessage(`{"mode":"0755"}`), BuildKit: json.RawMessage(`{"mode":"0600"}`)}}},
+			check: func(s *snapshot) bool { return s.Files["/d"].Mode == "0600" && s.Files["/d"].Type == "dir" },
+		},
+		{
+			name:    "stale file patch",
+			c:       diffCase{Files: []fileDifference{{Path: "/d", Buildah: json.RawMessage(`{"mode":"0700"}`), BuildKit: json.RawMessage(`{"mode":"0600"}`)}}},
+			wantErr: "update case.json",
+		},
+		{
+			name: "tree patched",
+			c:    diffCase{Files: []fileDifference{{Path: "/d/**", Buildah: json.RawMessage(`{}`), BuildKit: json.RawMessage(`{"uid":7,"gid":8}`)}}},
+			check: func(s *snapshot) bool {
+				return s.Files["/d"].UID == 7 && s.Files["/d/f"].GID == 8 && s.Files["/x"].UID == 0
+			},
+		},
+		{
+			name:    "tree patch matching nothing",
+			c:       diffCase{Files: []fileDifference{{Path: "/none/**", Buildah: json.RawMessage(`{}`), BuildKit: json.RawMessage(`{"uid":1}`)}}},
+			wantErr: "no path",
+		},
+		{
+			name:  "path added",
+			c:     diffCase{Files: []fileDifference{{Path: "/new", BuildKit: json.RawMessage(`{"type":"dir","mode":"0755","uid":1,"gid":1}`)}}},
+			check: func(s *snapshot) bool { return s.Files["/new"] == entry{Type: "dir", Mode: "0755", UID: 1, GID: 1} },
+		},
+		{
+			name:    "path said absent but present",
+			c:       diffCase{Files: []fileDifference{{Path: "/x", BuildKit: json.RawMessage(`{"type":"dir"}`)}}},
+			wantErr: "buildah has",
+		},
+		{
+			name:  "path removed",
+			c:     diffCase{Files: []fileDifference{{Path: "/x", Buildah: json.RawMessage(`{"type":"file"}`)}}},
+			check: func(s *snapshot) bool { _, ok := s.Files["/x"]; return !ok },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := base()
+			err := toBuildKit(s, tc.c)
+			switch {
+			case tc.wantErr != "":
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error = %v, want one containing %q", err, tc.wantErr)
+				}
+			case err != nil:
+				t.Fatal(err)
+			case !tc.check(s):
+				t.Errorf("unexpected result: %+v %s", s.Files, s.Config)
+			}
+		})
+	}
 }
