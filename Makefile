@@ -37,7 +37,7 @@ example: build
 	./bin/imgbuild -t hello:latest examples/hello
 
 lint:
-	@out=$$($(GOFMT) -l .); \
+	@out=$$($(GOFMT) -l $$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet .ci/testreport.go
