@@ -96,57 +96,64 @@ func BenchmarkLayers(b *testing.B) {
 		{"Gzip", layers.LayerOptions{Compression: layers.Gzip}},
 		{"Zstd", layers.LayerOptions{Compression: layers.Zstd}},
 	} {
-		raw := func(b *testing.B) {
-			w, err := layers.NewCompressor(io.Discard, c.opts)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if _, err := w.Write(tarBytes); err != nil {
-				b.Fatal(err)
-			}
-			if err := w.Close(); err != nil {
-				b.Fatal(err)
-			}
-		}
-		write := func(b *testing.B) int64 {
-			l, err := s.WriteLayer(ctx, func(w io.Writer) error {
-				return layers.WriteTar(ctx, w, tree, layers.TarOptions{})
-			}, c.opts)
-			if err != nil {
-				b.Fatal(err)
-			}
-			size, _ := l.Size()
-			return size
-		}
-		b.Run("Raw"+c.name, func(b *testing.B) {
-			b.SetBytes(int64(len(tarBytes)))
-			for i := 0; i < b.N; i++ {
-				raw(b)
-			}
-		})
-		b.Run("WriteLayer"+c.name, func(b *testing.B) {
-			b.SetBytes(int64(len(tarBytes)))
-			var size int64
-			for i := 0; i < b.N; i++ {
-				size = write(b)
-			}
-			b.ReportMetric(float64(len(tarBytes))/float64(size), "x-smaller")
-		})
-		// Ratio alternates the two, so that a busy machine slows both alike:
-		// write/raw is WriteLayer's throughput as a fraction of the library's.
-		b.Run("Ratio"+c.name, func(b *testing.B) {
-			var tRaw, tWrite time.Duration
-			for i := 0; i < b.N; i++ {
-				t0 := time.Now()
-				raw(b)
-				t1 := time.Now()
-				write(b)
-				tRaw, tWrite = tRaw+t1.Sub(t0), tWrite+time.Since(t1)
-			}
-			mb := float64(len(tarBytes)) / 1e6 * float64(b.N)
-			b.ReportMetric(mb/tRaw.Seconds(), "raw-MB/s")
-			b.ReportMetric(mb/tWrite.Seconds(), "write-MB/s")
-			b.ReportMetric(tRaw.Seconds()/tWrite.Seconds(), "write/raw")
-		})
+		benchCompression(b, s, tree, tarBytes, c.name, c.opts)
 	}
+}
+
+// benchCompression runs the Raw, WriteLayer and Ratio sub-benchmarks of
+// one compression.
+func benchCompression(b *testing.B, s *layers.Store, tree string, tarBytes []byte, name string, opts layers.LayerOptions) {
+	ctx := context.Background()
+	raw := func(b *testing.B) {
+		w, err := layers.NewCompressor(io.Discard, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := w.Write(tarBytes); err != nil {
+			b.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	write := func(b *testing.B) int64 {
+		l, err := s.WriteLayer(ctx, func(w io.Writer) error {
+			return layers.WriteTar(ctx, w, tree, layers.TarOptions{})
+		}, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		size, _ := l.Size()
+		return size
+	}
+	b.Run("Raw"+name, func(b *testing.B) {
+		b.SetBytes(int64(len(tarBytes)))
+		for i := 0; i < b.N; i++ {
+			raw(b)
+		}
+	})
+	b.Run("WriteLayer"+name, func(b *testing.B) {
+		b.SetBytes(int64(len(tarBytes)))
+		var size int64
+		for i := 0; i < b.N; i++ {
+			size = write(b)
+		}
+		b.ReportMetric(float64(len(tarBytes))/float64(size), "x-smaller")
+	})
+	// Ratio alternates the two, so that a busy machine slows both alike:
+	// write/raw is WriteLayer's throughput as a fraction of the library's.
+	b.Run("Ratio"+name, func(b *testing.B) {
+		var tRaw, tWrite time.Duration
+		for i := 0; i < b.N; i++ {
+			t0 := time.Now()
+			raw(b)
+			t1 := time.Now()
+			write(b)
+			tRaw, tWrite = tRaw+t1.Sub(t0), tWrite+time.Since(t1)
+		}
+		mb := float64(len(tarBytes)) / 1e6 * float64(b.N)
+		b.ReportMetric(mb/tRaw.Seconds(), "raw-MB/s")
+		b.ReportMetric(mb/tWrite.Seconds(), "write-MB/s")
+		b.ReportMetric(tRaw.Seconds()/tWrite.Seconds(), "write/raw")
+	})
 }
