@@ -2,6 +2,8 @@ package builder_test
 
 import (
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,10 +47,13 @@ func TestDifferentialBuildah(t *testing.T) {
 	if err != nil {
 		t.Fatalf("opening store: %v", err)
 	}
+	files := httptest.NewServer(http.FileServer(http.Dir(diffCorpus)))
+	t.Cleanup(files.Close)
 	env := diffEnv{
 		buildah: bd,
 		store:   store,
 		host:    host,
+		tokens:  strings.NewReplacer(registryToken, host, httpToken, files.URL),
 		args: map[string]string{
 			"BASE":        base,
 			"BASE_REPO":   strings.TrimSuffix(base, ":latest"),
@@ -68,6 +73,7 @@ type diffEnv struct {
 	buildah *buildah
 	store   *layers.Store
 	host    string
+	tokens  *strings.Replacer
 	args    map[string]string
 	dump    string
 }
@@ -76,7 +82,7 @@ func (e diffEnv) runCase(t *testing.T, c diffCase) {
 	ctx := t.Context()
 	work := t.TempDir()
 	ctxDir := filepath.Join(work, "context")
-	buildahDockerfile, err := c.prepareContext(ctxDir, e.host)
+	buildahDockerfile, err := c.prepareContext(ctxDir, e.tokens)
 	if err != nil {
 		t.Fatalf("preparing context: %v", err)
 	}

@@ -18,7 +18,8 @@ import (
 const (
 	diffCorpus       = "../testdata/diff"
 	caseFile         = "case.json"
-	registryToken    = "@REGISTRY@"
+	registryToken    = "@REGISTRY@" // replaced with the test registry's host:port
+	httpToken        = "@HTTP@"     // replaced with the URL of a server of the corpus directory
 	minCorpusEntries = 25
 )
 
@@ -124,11 +125,11 @@ func (c diffCase) harnessOnly(rel string) bool {
 }
 
 // prepareContext copies the case into dst with normalized metadata (files
-// 0644, or 0755 when executable; directories 0755; owner 0:0), replaces
-// @REGISTRY@ in Dockerfiles with host, then applies the case's setup. Both
-// builders build from dst. It returns the path of the Dockerfile buildah
+// 0644, or 0755 when executable; directories 0755; owner 0:0), replaces the
+// tokens (@REGISTRY@, @HTTP@) in Dockerfiles, then applies the case's setup.
+// Both builders build from dst. It returns the path of the Dockerfile buildah
 // builds (outside dst when the case has its own).
-func (c diffCase) prepareContext(dst, host string) (buildahDockerfile string, err error) {
+func (c diffCase) prepareContext(dst string, tokens *strings.Replacer) (buildahDockerfile string, err error) {
 	err = filepath.WalkDir(c.Dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -140,7 +141,7 @@ func (c diffCase) prepareContext(dst, host string) (buildahDockerfile string, er
 		if c.harnessOnly(rel) {
 			return nil
 		}
-		return copyNormalized(p, filepath.Join(dst, rel), d, rel == "Dockerfile", host)
+		return copyNormalized(p, filepath.Join(dst, rel), d, rel == "Dockerfile", tokens)
 	})
 	if err != nil {
 		return "", err
@@ -152,15 +153,14 @@ func (c diffCase) prepareContext(dst, host string) (buildahDockerfile string, er
 		if err != nil {
 			return "", err
 		}
-		b = []byte(strings.ReplaceAll(string(b), registryToken, host))
-		if err := os.WriteFile(buildahDockerfile, b, 0o644); err != nil {
+		if err := os.WriteFile(buildahDockerfile, []byte(tokens.Replace(string(b))), 0o644); err != nil {
 			return "", err
 		}
 	}
 	return buildahDockerfile, c.applySetup(dst)
 }
 
-func copyNormalized(src, dst string, d fs.DirEntry, isDockerfile bool, host string) error {
+func copyNormalized(src, dst string, d fs.DirEntry, isDockerfile bool, tokens *strings.Replacer) error {
 	switch {
 	case d.IsDir():
 		if err := os.MkdirAll(dst, 0o755); err != nil {
@@ -183,7 +183,7 @@ func copyNormalized(src, dst string, d fs.DirEntry, isDockerfile bool, host stri
 			return err
 		}
 		if isDockerfile {
-			b = []byte(strings.ReplaceAll(string(b), registryToken, host))
+			b = []byte(tokens.Replace(string(b)))
 		}
 		mode := fs.FileMode(0o644)
 		if info.Mode()&0o111 != 0 {
