@@ -35,10 +35,12 @@ type diffCase struct {
 	// Target is the stage to build ("" = last).
 	Target string `json:"target"`
 	// Modes and Owners ("uid:gid") are applied to context paths after the
-	// copy (git keeps neither); EmptyDirs are created (git cannot hold them).
+	// copy (git keeps neither); EmptyDirs are created and Hardlinks
+	// ({"new": "existing"}) linked (git can hold neither).
 	Modes     map[string]string `json:"modes"`
 	Owners    map[string]string `json:"owners"`
 	EmptyDirs []string          `json:"emptyDirs"`
+	Hardlinks map[string]string `json:"hardlinks"`
 	// BuildahDockerfile, when set, is what buildah builds instead of
 	// Dockerfile: the same result spelled with features buildah 1.28 has.
 	BuildahDockerfile string `json:"buildahDockerfile"`
@@ -201,6 +203,11 @@ func copyNormalized(src, dst string, d fs.DirEntry, isDockerfile bool, tokens *s
 func (c diffCase) applySetup(dst string) error {
 	for _, d := range c.EmptyDirs {
 		if err := os.MkdirAll(filepath.Join(dst, d), 0o755); err != nil {
+			return err
+		}
+	}
+	for _, p := range sortedKeys(c.Hardlinks) {
+		if err := os.Link(filepath.Join(dst, c.Hardlinks[p]), filepath.Join(dst, p)); err != nil {
 			return err
 		}
 	}
