@@ -1,0 +1,152 @@
+package run
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// DefaultHostname is the hostname of a sandbox whose Spec.Hostname is empty.
+// It is fixed (BuildKit uses "buildkitsandbox") so that builds do not depend
+// on a random container id.
+const DefaultHostname = "imgbuild"
+
+// Network modes of Spec.Network.
+const (
+	NetworkHost = "host" // the host's network namespace (docker build's default)
+	NetworkNone = "none" // a new network namespace with only lo, which is up
+)
+
+// Spec is one process to run in an isolated root filesystem.
+type Spec struct {
+	// Rootfs is the writable root filesystem directory (e.g. an overlay
+	// mount). Required.
+	Rootfs string
+	// Args is argv, already shell-wrapped by the caller. Args[0] without a
+	// slash is looked up in the PATH of Env inside the root (in the default
+	// PATH when Env has none).
+	Args []string
+	// Env is the complete environment of the process: nothing of the
+	// host's environment is added.
+	Env []string
+	// Cwd is the absolute working directory inside the root ("" is "/").
+	// Missing directories are created, owned by UID:GID, and stay.
+	Cwd       string
+	UID, GID  int
+	ExtraGIDs []int // supplementary groups; none when empty
+	// Hostname of the UTS namespace; "" means DefaultHostname.
+	Hostname string
+	// Network is NetworkHost ("" is the same) or NetworkNone.
+	Network string
+	// Stdout and Stderr receive the process's output; nil discards it.
+	// They are written through pipes, so the process never holds a host
+	// file. Stdin is /dev/null.
+	Stdout, Stderr io.Writer
+	// Hosts and ResolvConf are the contents of /etc/hosts and
+	// /etc/resolv.conf. Nil Hosts means localhost lines plus the hostname;
+	// nil ResolvConf means a copy of the host's /etc/resolv.conf.
+	Hosts, ResolvConf []byte
+	// Memory is the memory limit in bytes; 0 is no limit.
+	Memory int64
+	// PidsLimit is the maximum number of tasks (processes and threads,
+	// the sandbox init's included); 0 is no limit.
+	PidsLimit int64
+}
+
+// Executor runs Specs. Implementations are safe for concurrent use.
+type Executor interface {
+	Run(ctx context.Context, spec Spec) error
+}
+
+// Options configures New. The zero value is usable.
+type Options struct {
+	// Executable is the program re-executed as the sandbox init; it must
+	// call Init at the start of main. "" means /proc/self/exe.
+	Executable string
+	// StateDir holds one private directory per running Run (the files
+	// bind-mounted as /etc/hosts, /etc/resolv.conf and /etc/hostname).
+	// "" means $TMPDIR/imgbuild-run. New removes directories left there by
+	// runs of processes that died.
+	StateDir string
+}
+
+// ExitError is the error of a process that exited with a non-zero status
+// or was killed by a signal.
+type ExitError struct {
+	Code   int            // exit status; 128+signal when killed by a signal
+	Signal syscall.Signal // the signal that killed the process, or 0
+	// Reason says which limit of the Spec was hit, if any ("pids limit
+	// 64 reached", "memory limit 67108864 bytes reached").
+	Reason string
+}
+
+func (e *ExitError) Error() string {
+	s := fmt.Sprintf("exit status %d", e.Code)
+	if e.Signal != 0 {
+		s = fmt.Sprintf("exit status %d (killed by signal: %v)", e.Code, e.Signal)
+	}
+	if e.Reason != "" {
+		s += ": " + e.Reason
+	}
+	return s
+}
+
+// normalize checks spec and fills its defaults.
+func normalize(spec *Spec) error {
+	if spec.Rootfs == "" {
+		return fmt.Errorf("no root filesystem")
+	}
+	root, err := filepath.Abs(spec.Rootfs)
+	if err != nil {
+		return fmt.Errorf("root filesystem %s: %w", spec.Rootfs, err)
+	}
+	if root, err = filepath.EvalSymlinks(root); err != nil {
+		return fmt.Errorf("root filesystem: %w", err)
+	}
+	if st, err := os.Stat(root); err != nil || !st.IsDir() {
+		return fmt.Errorf("root filesystem %s is not a directory", root)
+	}
+	spec.Rootfs = root
+	if len(spec.Args) == 0 || spec.Args[0] == "" {
+		return fmt.Errorf("no command")
+	}
+	if spec.Cwd == "" {
+		spec.Cwd = "/"
+	}
+	if !path.IsAbs(spec.Cwd) {
+		return fmt.Errorf("working directory %q is not absolute", spec.Cwd)
+	}
+	spec.Cwd = path.Clean(spec.Cwd)
+	switch spec.Network {
+	case "":
+		spec.Network = NetworkHost
+	case NetworkHost, NetworkNone:
+	default:
+		return fmt.Errorf("unknown network mode %q (want %q or %q)", spec.Network, NetworkHost, NetworkNone)
+	}
+	if spec.Hostname == "" {
+		spec.Hostname = DefaultHostname
+	}
+	if len(spec.Hostname) > 64 || strings.ContainsAny(spec.Hostname, "/\x00 \t\n") {
+		return fmt.Errorf("invalid hostname %q", spec.Hostname)
+	}
+	if spec.UID < 0 || spec.GID < 0 || spec.Memory < 0 || spec.PidsLimit < 0 {
+		return fmt.Errorf("negative uid, gid or limit")
+	}
+	for _, g := range spec.ExtraGIDs {
+		if g < 0 {
+			return fmt.Errorf("negative supplementary group %d", g)
+		}
+	}
+	return nil
+}
+
+// defaultHosts is BuildKit's /etc/hosts for a sandbox named hostname.
+func defaultHosts(hostname string) []byte {
+	return []byte("127.0.0.1\tlocalhost " + hostname + "\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+}
