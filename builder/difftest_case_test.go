@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -41,6 +43,8 @@ type diffCase struct {
 	Owners    map[string]string `json:"owners"`
 	EmptyDirs []string          `json:"emptyDirs"`
 	Hardlinks map[string]string `json:"hardlinks"`
+	// Xattrs are extended attributes set on context paths.
+	Xattrs map[string]map[string]string `json:"xattrs"`
 	// BuildahDockerfile, when set, is what buildah builds instead of
 	// Dockerfile: the same result spelled with features buildah 1.28 has.
 	BuildahDockerfile string `json:"buildahDockerfile"`
@@ -218,6 +222,13 @@ func (c diffCase) applySetup(dst string) error {
 		}
 		if err := os.Chmod(filepath.Join(dst, p), fs.FileMode(m)&fs.ModePerm|unixModeBits(m)); err != nil {
 			return err
+		}
+	}
+	for _, p := range sortedKeys(c.Xattrs) {
+		for _, k := range sortedKeys(c.Xattrs[p]) {
+			if err := unix.Lsetxattr(filepath.Join(dst, p), k, []byte(c.Xattrs[p][k]), 0); err != nil {
+				return fmt.Errorf("xattr %s on %s: %w", k, p, err)
+			}
 		}
 	}
 	for _, p := range sortedKeys(c.Owners) {

@@ -30,7 +30,11 @@ type entry struct {
 	Size   int64  `json:"size,omitempty"`
 	SHA256 string `json:"sha256,omitempty"`
 	Link   string `json:"link,omitempty"` // symlink or hard-link target
+	// Xattrs are the extended attributes (PAX SCHILY.xattr.* records).
+	Xattrs map[string]string `json:"xattrs,omitempty"`
 }
+
+func (e entry) equal(o entry) bool { return reflect.DeepEqual(e, o) }
 
 // snapshot is what the differential test compares.
 type snapshot struct {
@@ -83,6 +87,14 @@ func flatten(img v1.Image) (map[string]entry, error) {
 
 func entryOf(hdr *tar.Header, r io.Reader) (entry, error) {
 	e := entry{UID: hdr.Uid, GID: hdr.Gid, Mode: fmt.Sprintf("%04o", hdr.Mode&0o7777)}
+	for k, v := range hdr.PAXRecords {
+		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+			if e.Xattrs == nil {
+				e.Xattrs = map[string]string{}
+			}
+			e.Xattrs[name] = v
+		}
+	}
 	switch hdr.Typeflag {
 	case tar.TypeReg:
 		e.Type, e.Size = "file", hdr.Size
@@ -274,7 +286,7 @@ func diffSnapshots(want, got *snapshot) []string {
 			out = append(out, fmt.Sprintf("%s: missing in imgbuild (want %s)", p, w))
 		case !inWant:
 			out = append(out, fmt.Sprintf("%s: only in imgbuild (%s)", p, g))
-		case w != g:
+		case !w.equal(g):
 			out = append(out, fmt.Sprintf("%s: want %s, imgbuild has %s", p, w, g))
 		}
 	}
@@ -293,6 +305,9 @@ func (e entry) String() string {
 	}
 	if e.Link != "" {
 		fmt.Fprintf(&b, " -> %s", e.Link)
+	}
+	for _, k := range sortedKeys(e.Xattrs) {
+		fmt.Fprintf(&b, " %s=%q", k, e.Xattrs[k])
 	}
 	return b.String()
 }
