@@ -218,12 +218,14 @@ func (s *Store) putBlob(ctx context.Context, r io.Reader, want v1.Hash, size int
 
 // blobWriter writes a temporary blob file in tmp/, hashing what it writes.
 type blobWriter struct {
-	s    *Store
-	f    *os.File
-	buf  *bufio.Writer
-	h    hash.Hash
-	n    int64
-	done bool
+	s   *Store
+	f   *os.File
+	buf *bufio.Writer
+	h   hash.Hash
+	n   int64 // bytes written
+	// synced is the offset up to which writeback has been started.
+	synced int64
+	done   bool
 }
 
 func (s *Store) newBlobWriter() (*blobWriter, error) {
@@ -234,10 +236,18 @@ func (s *Store) newBlobWriter() (*blobWriter, error) {
 	return &blobWriter{s: s, f: f, buf: bufio.NewWriterSize(f, 64<<10), h: sha256.New()}, nil
 }
 
+// writebackChunk is how much written data a blobWriter lets accumulate
+// before starting its writeback.
+const writebackChunk = 8 << 20
+
 func (b *blobWriter) Write(p []byte) (int, error) {
 	n, err := b.buf.Write(p)
 	b.h.Write(p[:n])
 	b.n += int64(n)
+	if onDisk := b.n - int64(b.buf.Buffered()); onDisk-b.synced >= writebackChunk {
+		startWriteback(b.f, b.synced, onDisk-b.synced)
+		b.synced = onDisk
+	}
 	return n, err
 }
 
@@ -253,14 +263,14 @@ func (b *blobWriter) commit(h v1.Hash) error {
 	if err := b.buf.Flush(); err != nil {
 		return fmt.Errorf("writing blob %s: %w", h, err)
 	}
+	if b.s.hasBlob(h, b.n) {
+		return nil // stored already (it was verified then): abort removes our copy
+	}
 	if err := b.f.Chmod(0o644); err != nil {
 		return fmt.Errorf("writing blob %s: %w", h, err)
 	}
 	if err := b.f.Sync(); err != nil {
 		return fmt.Errorf("syncing blob %s: %w", h, err)
-	}
-	if b.s.hasBlob(h, b.n) {
-		return nil // abort removes our copy
 	}
 	if err := os.Rename(b.f.Name(), dst); err != nil {
 		return fmt.Errorf("storing blob %s: %w", h, err)
