@@ -20,6 +20,7 @@ import (
 const (
 	initEnv  = "_IMGBUILD_RUN_INIT" // set (to "1") only in the sandbox init's environment
 	initArg0 = "imgbuild-run-init"
+	initComm = "imgbuild-init"
 	// The init's extra files: the config (read end) and the status (write end).
 	configFd = 3
 	statusFd = 4
@@ -114,6 +115,8 @@ func setupAndStart(cfg *initConfig) (int, error) {
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return 0, fmt.Errorf("prctl: %w", err)
 	}
+	// What ps shows as pid 1 in the sandbox (instead of "exe").
+	os.WriteFile("/proc/self/comm", []byte(initComm), 0)
 	// Signals from inside the pid namespace reach the init only when it
 	// handles them; Go handles many, so ignore those instead (never
 	// SIGCHLD: the init waits for its children).
