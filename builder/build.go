@@ -42,6 +42,11 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	release, err := opts.Store.Lease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	tmp, err := opts.Store.TempDir(ctx, "build-")
 	if err != nil {
 		return nil, fmt.Errorf("creating build directory: %w", err)

@@ -96,6 +96,9 @@ func printImageTable(s *streams, infos []layers.ImageInfo, now time.Time) {
 
 // splitRef splits "repo:tag" (or "repo@digest") into repository and tag.
 func splitRef(ref string) (repo, tag string) {
+	if ref == "" {
+		return "<none>", "<none>"
+	}
 	if i := strings.Index(ref, "@"); i >= 0 {
 		return ref[:i], "<none>"
 	}
@@ -268,7 +271,7 @@ func pruneCommand(s *streams) *cli.Command {
 			if err != nil {
 				return fmt.Errorf("pruning: %w", err)
 			}
-			fmt.Fprintf(s.stdout, "Deleted %d blobs, total reclaimed space: %s\n", rep.Blobs,
+			fmt.Fprintf(s.stdout, "Deleted %d blobs and %d untagged images, total reclaimed space: %s\n", rep.Blobs, rep.Images,
 				units.HumanSizeWithPrecision(float64(rep.Bytes), 3))
 			return nil
 		},
