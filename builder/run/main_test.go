@@ -22,6 +22,9 @@ func TestMain(m *testing.M) {
 	if run.Init() {
 		return
 	}
+	if os.Getenv(helperRootEnv) != "" {
+		os.Exit(helperMain())
+	}
 	os.Exit(m.Run())
 }
 
