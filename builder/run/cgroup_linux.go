@@ -200,7 +200,7 @@ func ownCgroupsV1() (map[string]string, error) {
 }
 
 func writeCgroupFile(path, value string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ const (
 	helperRootEnv  = "IMGBUILD_RUN_TEST_HELPER_ROOT"
 	helperStateEnv = "IMGBUILD_RUN_TEST_HELPER_STATE"
 	helperSleepEnv = "IMGBUILD_RUN_TEST_HELPER_SLEEP"
+	helperPidsEnv  = "IMGBUILD_RUN_TEST_HELPER_PIDS" // "1": set a pids limit
 )
 
 // helperMain runs `sleep N` twice in a sandbox until it is killed.
@@ -29,7 +30,11 @@ func helperMain() int {
 	ex, err := run.New(run.Options{StateDir: os.Getenv(helperStateEnv)})
 	if err == nil {
 		n := os.Getenv(helperSleepEnv)
-		err = ex.Run(context.Background(), sh(os.Getenv(helperRootEnv), "sleep "+n+" & sleep "+n))
+		spec := sh(os.Getenv(helperRootEnv), "sleep "+n+" & sleep "+n)
+		if os.Getenv(helperPidsEnv) == "1" {
+			spec.PidsLimit = 100
+		}
+		err = ex.Run(context.Background(), spec)
 	}
 	fmt.Fprintln(os.Stderr, "helper:", err)
 	return 1
@@ -121,10 +126,12 @@ func TestCancelledBeforeStart(t *testing.T) {
 
 // TestParentKilled: after kill -9 of the process that runs a sandbox, its
 // processes die (parent death signal, then the pid namespace) and the next
-// New cleans the state directory.
+// New cleans the state directory and removes the run's cgroup.
 func TestParentKilled(t *testing.T) {
 	_, state := newExecutor(t)
 	root := busyboxRootfs(t)
+	dirs := cgroupDirs(t)
+	cgroupsBefore := runCgroups(dirs)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -132,6 +139,9 @@ func TestParentKilled(t *testing.T) {
 	n := sentinel()
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), helperRootEnv+"="+root, helperStateEnv+"="+state, helperSleepEnv+"="+n)
+	if dirs != nil {
+		cmd.Env = append(cmd.Env, helperPidsEnv+"=1")
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -151,10 +161,14 @@ func TestParentKilled(t *testing.T) {
 	if len(entries) != 1 || !strings.HasPrefix(entries[0].Name(), "run-") {
 		t.Fatalf("state directory after the kill: %v, want the dead run's directory", entries)
 	}
+	if dirs != nil && len(runCgroups(dirs)) <= len(cgroupsBefore) {
+		t.Errorf("no cgroup of the killed run: %v", runCgroups(dirs))
+	}
 	if _, err := run.New(run.Options{StateDir: state}); err != nil {
 		t.Fatal(err)
 	}
 	if entries, _ := os.ReadDir(state); len(entries) != 0 {
 		t.Errorf("New left %v in the state directory", entries)
 	}
+	checkNoNewCgroups(t, dirs, cgroupsBefore)
 }

@@ -83,50 +83,51 @@ func (d *runDir) remove() error {
 }
 
 // cleanStale removes the run directories in stateDir whose lock no live
-// process holds, with the cgroups they record.
+// process holds, with the cgroups they record. It is best effort: what it
+// cannot remove now (say, a cgroup whose last task is still exiting) is
+// left for the next call.
 func cleanStale(stateDir string) error {
 	entries, err := os.ReadDir(stateDir)
 	if err != nil {
 		return fmt.Errorf("reading state directory: %w", err)
 	}
-	var errs []error
 	for _, e := range entries {
 		p := filepath.Join(stateDir, e.Name())
-		if e.IsDir() && strings.HasPrefix(e.Name(), newDirPrefix) {
+		switch {
+		case !e.IsDir():
+		case strings.HasPrefix(e.Name(), newDirPrefix):
 			// Left between MkdirTemp and Rename: empty but for a lock.
 			if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > newDirMaxAge {
 				os.RemoveAll(p)
 			}
-			continue
-		}
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), runDirPrefix) {
-			continue
-		}
-		if err := cleanStaleDir(p); err != nil {
-			errs = append(errs, err)
+		case strings.HasPrefix(e.Name(), runDirPrefix):
+			cleanStaleDir(p)
 		}
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
-func cleanStaleDir(dir string) error {
+// cleanStaleDir removes one run directory unless its owner is alive, and
+// reports whether it did.
+func cleanStaleDir(dir string) bool {
 	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return fmt.Errorf("stale run directory %s: %w", dir, err)
-	}
-	defer lock.Close()
-	if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-		return nil // a live run owns it
+	if err == nil {
+		defer lock.Close()
+		if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+			return false // a live run owns it
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return false
 	}
 	if data, err := os.ReadFile(filepath.Join(dir, cgroupsName)); err == nil {
 		for _, cg := range strings.Fields(string(data)) {
-			if err := removeCgroupDir(cg); err != nil {
-				return fmt.Errorf("stale run directory %s: %w", dir, err)
+			if !strings.HasPrefix(cg, cgroupRoot+"/") {
+				continue // not ours to remove
+			}
+			if removeCgroupDir(cg) != nil {
+				return false
 			}
 		}
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("removing stale run directory: %w", err)
-	}
-	return nil
+	return os.RemoveAll(dir) == nil
 }
