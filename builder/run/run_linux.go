@@ -245,17 +245,25 @@ func result(st initStatus, decErr, waitErr error, cg *cgroup) error {
 	if cg != nil {
 		reason = cg.reason()
 	}
+	var exitErr *exec.ExitError
 	switch {
 	case decErr != nil: // the init died without reporting
-		msg := fmt.Sprintf("run: the sandbox init died: %v", waitErr)
+		msg := "run: the sandbox init exited without reporting"
+		if waitErr != nil {
+			msg = fmt.Sprintf("run: the sandbox init died: %v", waitErr)
+		}
 		if reason != "" {
 			msg += " (" + reason + ")"
+		} else if waitErr == nil || errors.As(waitErr, &exitErr) && exitErr.Exited() {
+			msg += " (does the program call run.Init first thing in main?)"
 		}
 		return errors.New(msg)
 	case st.Error != "":
 		return fmt.Errorf("run: sandbox: %s", st.Error)
 	case st.Code != 0 || st.Signal != 0:
 		return &ExitError{Code: st.Code, Signal: syscall.Signal(st.Signal), Reason: reason}
+	case waitErr != nil && !errors.As(waitErr, &exitErr):
+		return fmt.Errorf("run: copying the output: %w", waitErr)
 	}
 	return nil
 }

@@ -148,3 +148,44 @@ func TestRunErrors(t *testing.T) {
 		t.Errorf("ExitError text %q", e)
 	}
 }
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+func TestExecutorMisuse(t *testing.T) {
+	_, state := newExecutor(t)
+	root := busyboxRootfs(t)
+	for _, exe := range []string{"/bin/true", "/bin/false"} {
+		ex, err := run.New(run.Options{Executable: exe, StateDir: state})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = ex.Run(t.Context(), sh(root, "true"))
+		if err == nil || !strings.Contains(err.Error(), "does the program call run.Init") {
+			t.Errorf("init %s: error %v, want a hint about run.Init", exe, err)
+		}
+	}
+	ex, err := run.New(run.Options{StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := sh(root, "echo output")
+	spec.Stdout = failingWriter{}
+	if err := ex.Run(t.Context(), spec); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Errorf("failing Stdout: error %v, want the writer's error", err)
+	}
+}
+
+func TestSharedOutput(t *testing.T) {
+	ex, _ := newExecutor(t)
+	var buf strings.Builder
+	spec := sh(busyboxRootfs(t), "echo a; echo b >&2; echo c")
+	spec.Stdout, spec.Stderr = &buf, &buf
+	if err := ex.Run(t.Context(), spec); err != nil {
+		t.Fatal(err)
+	}
+	if buf.String() != "a\nb\nc\n" {
+		t.Errorf("output %q", buf.String())
+	}
+}
