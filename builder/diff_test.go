@@ -1,16 +1,20 @@
 package builder_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
@@ -31,88 +35,144 @@ const maxReportedDiffs = 40
 // TestDifferentialBuildah builds every case of testdata/diff with Debian's
 // buildah (`buildah bud --format docker --layers`) and with builder.Build,
 // from the same context, Dockerfile text and build args, and compares the
-// flattened filesystems (type, mode, owner, size, content hash, link target
-// of every path) and the config fields a Dockerfile sets. Where buildah 1.28
-// departs from BuildKit's documented behaviour, the case's case.json records
-// buildah's value and BuildKit's; BuildKit's is what imgbuild must produce.
-// Every imgbuild image must also pass validate.Image.
+// flattened filesystems (type, mode, owner, size, content hash, link target,
+// xattrs of every path) and the config fields a Dockerfile sets. Where
+// buildah 1.28 departs from BuildKit's documented behaviour, the case's
+// case.json records buildah's value and BuildKit's; BuildKit's is what
+// imgbuild must produce. Every imgbuild image must also pass validate.Image.
+//
+// buildah spends most of its time waiting on its helper processes, so the
+// reference builds run referenceWorkers at a time, ahead of the subtests.
 func TestDifferentialBuildah(t *testing.T) {
 	registrytest.RequireRoot(t)
 	cases := loadCases(t)
-	bd := newBuildah(t)
 	host := registrytest.Start(t)
 	base := registrytest.PushBusybox(t, host)
-	pinned := pinnedRef(t, base)
 	store, err := layers.OpenStore(t.Context(), t.TempDir())
 	if err != nil {
 		t.Fatalf("opening store: %v", err)
 	}
 	files := httptest.NewServer(http.FileServer(http.Dir(diffCorpus)))
 	t.Cleanup(files.Close)
-	env := diffEnv{
-		buildah: bd,
-		store:   store,
-		host:    host,
-		tokens:  strings.NewReplacer(registryToken, host, httpToken, files.URL),
+	env := &diffEnv{
+		store:  store,
+		host:   host,
+		tokens: strings.NewReplacer(registryToken, host, httpToken, files.URL),
 		args: map[string]string{
-			"BASE":        base,
-			"BASE_REPO":   strings.TrimSuffix(base, ":latest"),
-			"BASE_DIGEST": pinned,
+			"BASE":         base,
+			"BASE_REPO":    strings.TrimSuffix(base, ":latest"),
+			"BASE_DIGEST":  pinnedRef(t, base),
+			"ONBUILD_BASE": pushOnbuildImage(t, host),
 		},
 		dump: os.Getenv(diffDumpEnv),
+		work: t.TempDir(),
 	}
+	refs := env.startReferences(t, cases)
 	for _, c := range cases {
 		t.Run(c.Name, func(t *testing.T) {
-			t.Parallel() // buildah mostly waits on its helper processes
-			env.runCase(t, c)
+			t.Parallel()
+			env.runCase(t, c, refs[c.Name])
 		})
 	}
 }
 
+// referenceWorkers is how many buildah builds run at once.
+const referenceWorkers = 4
+
 type diffEnv struct {
-	buildah *buildah
-	store   *layers.Store
-	host    string
-	tokens  *strings.Replacer
-	args    map[string]string
-	dump    string
+	store  *layers.Store
+	host   string
+	tokens *strings.Replacer
+	args   map[string]string
+	dump   string
+	work   string // one subdirectory per case
 }
 
-func (e diffEnv) runCase(t *testing.T, c diffCase) {
-	ctx := t.Context()
-	work := t.TempDir()
-	ctxDir := filepath.Join(work, "context")
-	buildahDockerfile, err := c.prepareContext(ctxDir, e.tokens)
-	if err != nil {
-		t.Fatalf("preparing context: %v", err)
+// reference is a case's prepared context and BuildKit reference snapshot
+// (buildah's, with the case's differences applied); done is closed when set.
+type reference struct {
+	done     chan struct{}
+	ctxDir   string
+	args     map[string]string
+	snapshot *snapshot
+	took     time.Duration
+	err      error
+}
+
+func (e *diffEnv) startReferences(t *testing.T, cases []diffCase) map[string]*reference {
+	refs := map[string]*reference{}
+	queue := make(chan diffCase, len(cases))
+	for _, c := range cases {
+		refs[c.Name] = &reference{done: make(chan struct{})}
+		queue <- c
 	}
-	args := map[string]string{}
+	close(queue)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // before the temporary directories go
+	ctx := t.Context()
+	for range referenceWorkers {
+		// One buildah state directory per worker: buildah instances
+		// sharing a storage root serialize on its locks.
+		bd := newBuildah(t)
+		wg.Go(func() {
+			for c := range queue {
+				r := refs[c.Name]
+				e.buildReference(ctx, bd, c, r)
+				close(r.done)
+			}
+		})
+	}
+	return refs
+}
+
+func (e *diffEnv) buildReference(ctx context.Context, bd *buildah, c diffCase, r *reference) {
+	dir := filepath.Join(e.work, c.Name)
+	r.ctxDir = filepath.Join(dir, "context")
+	buildahDockerfile, err := c.prepareContext(r.ctxDir, e.tokens)
+	if err != nil {
+		r.err = fmt.Errorf("preparing context: %w", err)
+		return
+	}
+	r.args = map[string]string{}
 	for k, v := range e.args {
-		args[k] = v
+		r.args[k] = v
 	}
 	for k, v := range c.BuildArgs {
-		args[k] = v
+		r.args[k] = v
 	}
-
 	start := time.Now()
-	bimg, err := e.buildah.build(ctx, c.Name, ctxDir, buildahDockerfile, args, c.Target, work)
-	buildahTime := time.Since(start)
+	img, err := bd.build(ctx, c.Name, r.ctxDir, buildahDockerfile, r.args, c.Target, dir)
+	r.took = time.Since(start)
 	if err != nil {
-		t.Fatalf("the reference build failed (every case must build with buildah): %v", err)
+		r.err = fmt.Errorf("the reference build failed (every case must build with buildah): %w", err)
+		return
 	}
-	want, err := takeSnapshot(bimg)
-	if err != nil {
-		t.Fatalf("buildah's image: %v", err)
+	if r.snapshot, err = takeSnapshot(img); err != nil {
+		r.err = fmt.Errorf("buildah's image: %w", err)
+		return
 	}
-	if err := toBuildKit(want, c); err != nil {
-		t.Fatalf("applying %s: %v", caseFile, err)
+	if err := toBuildKit(r.snapshot, c); err != nil {
+		r.err = fmt.Errorf("applying %s: %w", caseFile, err)
 	}
+}
+
+func (e *diffEnv) runCase(t *testing.T, c diffCase, ref *reference) {
+	ctx := t.Context()
+	select {
+	case <-ref.done:
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	if ref.err != nil {
+		t.Fatal(ref.err)
+	}
+	want := ref.snapshot
 	e.dumpSnapshot(t, c.Name, "buildkit", want)
 
-	start = time.Now()
+	start := time.Now()
 	res, err := builder.Build(ctx, builder.Options{
-		ContextDir: ctxDir,
-		BuildArgs:  args,
+		ContextDir: ref.ctxDir,
+		BuildArgs:  ref.args,
 		Target:     c.Target,
 		Store:      e.store,
 		Registry:   registry.Options{Insecure: []string{e.host}},
@@ -120,7 +180,7 @@ func (e diffEnv) runCase(t *testing.T, c diffCase) {
 	if err != nil {
 		t.Fatalf("imgbuild: %v", err)
 	}
-	t.Logf("buildah %v, imgbuild %v", buildahTime.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	t.Logf("buildah %v, imgbuild %v", ref.took.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	if err := validate.Image(res.Image); err != nil {
 		t.Errorf("validate.Image: %v", err)
 	}
@@ -138,7 +198,7 @@ func (e diffEnv) runCase(t *testing.T, c diffCase) {
 	}
 }
 
-func (e diffEnv) dumpSnapshot(t *testing.T, name, side string, s *snapshot) {
+func (e *diffEnv) dumpSnapshot(t *testing.T, name, side string, s *snapshot) {
 	if e.dump == "" {
 		return
 	}
@@ -167,4 +227,21 @@ func pinnedRef(t *testing.T, ref string) string {
 		t.Fatalf("resolving %s: %v", ref, err)
 	}
 	return r.Context().Digest(desc.Digest.String()).Name()
+}
+
+// pushOnbuildImage pushes the busybox image with ONBUILD triggers in its
+// config to host/library/onbuild:latest and returns the reference.
+func pushOnbuildImage(t *testing.T, host string) string {
+	t.Helper()
+	img := registrytest.BusyboxImage(t)
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cf.Config
+	cfg.OnBuild = []string{"COPY trigger.txt /from-onbuild/", "LABEL onbuild=ran", "ENV ONBUILD=1"}
+	if img, err = mutate.Config(img, cfg); err != nil {
+		t.Fatal(err)
+	}
+	return registrytest.PushImage(t, host, "library/onbuild:latest", img)
 }
