@@ -1,17 +1,20 @@
 package run_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"golang.org/x/sys/unix"
 
 	"github.com/imgbuild/imgbuild/builder/run"
-	"github.com/imgbuild/imgbuild/layers"
 	"github.com/imgbuild/imgbuild/registry/registrytest"
 )
 
@@ -28,19 +31,91 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// busyboxRootfs extracts registrytest.BusyboxImage into a new directory.
+// busyboxRootfs extracts registrytest.BusyboxImage into a new directory
+// (a trusted in-process image: directories, files, hard links and
+// symlinks, with owners, modes and times).
 func busyboxRootfs(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	rc := mutate.Extract(registrytest.BusyboxImage(t))
 	defer rc.Close()
-	if err := layers.Apply(context.Background(), dir, rc, layers.ApplyOptions{}); err != nil {
-		t.Fatalf("extracting busybox: %v", err)
+	tr := tar.NewReader(rc)
+	var dirs []*tar.Header
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, filepath.Clean("/"+h.Name))
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(p, 0o755)
+			dirs = append(dirs, h)
+		case tar.TypeReg:
+			err = writeFile(p, tr)
+		case tar.TypeSymlink:
+			err = os.Symlink(h.Linkname, p)
+		case tar.TypeLink:
+			err = os.Link(filepath.Join(dir, filepath.Clean("/"+h.Linkname)), p)
+		}
+		if err == nil && h.Typeflag != tar.TypeLink {
+			err = setMeta(p, h)
+		}
+		if err != nil {
+			t.Fatalf("extracting busybox: %s: %v", h.Name, err)
+		}
+	}
+	for i := len(dirs) - 1; i >= 0; i-- { // children changed their times
+		if err := setMeta(filepath.Join(dir, filepath.Clean("/"+dirs[i].Name)), dirs[i]); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+func writeFile(p string, r io.Reader) error {
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func setMeta(p string, h *tar.Header) error {
+	if err := os.Lchown(p, h.Uid, h.Gid); err != nil {
+		return err
+	}
+	if h.Typeflag != tar.TypeSymlink {
+		if err := os.Chmod(p, os.FileMode(h.Mode&0o777)|modeBits(h.Mode)); err != nil {
+			return err
+		}
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(h.ModTime.UnixNano()), unix.NsecToTimespec(h.ModTime.UnixNano())}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+func modeBits(m int64) os.FileMode {
+	var b os.FileMode
+	if m&0o4000 != 0 {
+		b |= os.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		b |= os.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		b |= os.ModeSticky
+	}
+	return b
 }
 
 // newExecutor returns an Executor with a private state directory, after
