@@ -17,7 +17,7 @@ var (
 	// Host device nodes bind-mounted into /dev.
 	devNodes = []string{"null", "zero", "full", "random", "urandom", "tty"}
 	devLinks = [][2]string{{"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
-		{"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"}, {"ptmx", "pts/ptmx"}}
+		{"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"}, {"ptmx", "pts/ptmx"}, {"core", "/proc/kcore"}}
 )
 
 const roFlags = unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
@@ -204,7 +204,7 @@ func maskPaths(dirfd int, paths []string) error {
 // mountDev mounts a tmpfs /dev with the host's basic device nodes (bind
 // mounts of empty files, so that it works in user namespaces; read-only,
 // so that chmod or chown cannot reach the host's inodes), the usual links,
-// a private devpts and /dev/shm.
+// a private devpts, /dev/shm and /dev/mqueue, as Docker's /dev.
 func mountDev(root int, rel string) error {
 	dev, err := mountAt(root, rel, true, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_STRICTATIME, "mode=755,size=65536k")
 	if err != nil {
@@ -224,7 +224,7 @@ func mountDev(root int, rel string) error {
 	for _, d := range []struct {
 		name string
 		mode uint32
-	}{{"pts", 0o755}, {"shm", 0o1777}} {
+	}{{"pts", 0o755}, {"shm", 0o1777}, {"mqueue", 0o755}} {
 		if err := unix.Mkdirat(dev, d.name, d.mode); err != nil {
 			return fmt.Errorf("/dev/%s: %w", d.name, err)
 		}
@@ -240,11 +240,17 @@ func mountDev(root int, rel string) error {
 		return err
 	}
 	unix.Close(pts)
-	shm, err := mountAt(dev, "shm", true, "shm", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k")
-	if err != nil {
-		return err
+	for _, m := range []struct{ name, source, fstype, data string }{
+		{"shm", "shm", "tmpfs", "mode=1777,size=65536k"},
+		{"mqueue", "mqueue", "mqueue", ""}, // of the sandbox's ipc namespace
+	} {
+		fd, err := mountAt(dev, m.name, true, m.source, m.fstype, unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, m.data)
+		if err != nil {
+			return err
+		}
+		unix.Close(fd)
 	}
-	return unix.Close(shm)
+	return nil
 }
 
 func bindDevNode(dev int, name string) error {

@@ -14,7 +14,7 @@ import (
 // hostDevNodes lists the /dev nodes the sandbox binds from the host, as ls
 // -A /dev shows them with the links and directories.
 func hostDevNodes() []string {
-	names := []string{"fd", "ptmx", "pts", "shm", "stderr", "stdin", "stdout"}
+	names := []string{"core", "fd", "mqueue", "ptmx", "pts", "shm", "stderr", "stdin", "stdout"}
 	for _, n := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
 		if _, err := os.Lstat("/dev/" + n); err == nil {
 			names = append(names, n)
@@ -67,8 +67,8 @@ func TestRunCommands(t *testing.T) {
 		{name: "dev contents", script: "ls -A /dev", want: strings.Join(hostDevNodes(), "\n") + "\n"},
 		{name: "dev nodes work", script: "echo x > /dev/null && head -c 4 /dev/zero | wc -c && head -c 4 /dev/urandom | wc -c && ls /dev/fd/ | head -1 && echo done > /dev/stdout",
 			want: "4\n4\n0\ndone\n"},
-		{name: "devpts and shm", script: "grep -E ' /dev/(pts|shm) ' /proc/mounts | cut -d' ' -f1-3; touch /dev/shm/x && echo shm-ok",
-			want: "devpts /dev/pts devpts\nshm /dev/shm tmpfs\nshm-ok\n"},
+		{name: "devpts, shm and mqueue", script: "grep -E ' /dev/(pts|shm|mqueue) ' /proc/mounts | cut -d' ' -f1-3; touch /dev/shm/x && echo shm-ok",
+			want: "devpts /dev/pts devpts\nshm /dev/shm tmpfs\nmqueue /dev/mqueue mqueue\nshm-ok\n"},
 		{name: "sys is read-only", script: "grep ' /sys ' /proc/mounts | cut -d' ' -f3,4 | cut -d, -f1; touch /sys/x 2>/dev/null || echo cannot-write; ls /sys/class >/dev/null && echo readable",
 			want: "sysfs ro\ncannot-write\nreadable\n"},
 		{name: "root capabilities are docker's defaults", script: "grep Cap /proc/self/status",

@@ -1,6 +1,7 @@
 package run_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,7 +67,7 @@ func TestSymlinkedMountTargets(t *testing.T) {
 		{name: "/proc to a host directory", setup: func(t *testing.T, root, h string) { symlink(t, h+"/dir", root+"/proc") },
 			script: "readlink /proc; cat /proc/self/comm", want: "HOST/dir\ncat\n"},
 		{name: "/dev to a host directory", setup: func(t *testing.T, root, h string) { symlink(t, h+"/dev", root+"/dev") },
-			script: "echo x > /dev/null; wc -c < /dev/null; ls /dev/ | wc -l", want: "0\n13\n"},
+			script: "echo x > /dev/null; wc -c < /dev/null; ls /dev/ | wc -l", want: fmt.Sprintf("0\n%d\n", len(hostDevNodes()))},
 		{name: "/dev/null to a host file", setup: func(t *testing.T, root, h string) { symlink(t, h+"/hosts", root+"/dev/null") },
 			script: "echo x > /dev/null; wc -c < /dev/null", want: "0\n"},
 		{name: "/sys to the host's /sys", setup: func(t *testing.T, root, h string) { symlink(t, "/sys", root+"/sys") }, wantErr: "too many"},
