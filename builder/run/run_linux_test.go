@@ -121,6 +121,8 @@ func TestRunErrors(t *testing.T) {
 		{name: "missing rootfs", spec: func(s *run.Spec) { s.Rootfs = root + "/nonexistent" }, wantErr: "root filesystem"},
 		{name: "no rootfs", spec: func(s *run.Spec) { s.Rootfs = "" }, wantErr: "no root filesystem"},
 		{name: "bad hostname", spec: func(s *run.Spec) { s.Hostname = "a/b" }, wantErr: "invalid hostname"},
+		{name: "tiny pids limit", spec: func(s *run.Spec) { s.PidsLimit = 3 }, wantErr: "pids limit 3 is below the minimum 16"},
+		{name: "tiny memory limit", spec: func(s *run.Spec) { s.Memory = 1 << 20 }, wantErr: "memory limit 1048576 bytes is below the minimum"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -51,12 +51,20 @@ type Spec struct {
 	// /etc/resolv.conf. Nil Hosts means localhost lines plus the hostname;
 	// nil ResolvConf means a copy of the host's /etc/resolv.conf.
 	Hosts, ResolvConf []byte
-	// Memory is the memory limit in bytes; 0 is no limit.
+	// Memory is the memory limit in bytes, the sandbox init's memory
+	// included; 0 is no limit, else at least MinMemory.
 	Memory int64
-	// PidsLimit is the maximum number of tasks (processes and threads,
-	// the sandbox init's included); 0 is no limit.
+	// PidsLimit is the maximum number of tasks (processes and threads),
+	// the sandbox init's (about 5 threads) included; 0 is no limit, else
+	// at least MinPidsLimit.
 	PidsLimit int64
 }
+
+// Smallest non-zero limits of a Spec.
+const (
+	MinPidsLimit = 16
+	MinMemory    = 6 << 20
+)
 
 // Executor runs Specs. Implementations are safe for concurrent use.
 type Executor interface {
@@ -137,6 +145,12 @@ func normalize(spec *Spec) error {
 	}
 	if spec.UID < 0 || spec.GID < 0 || spec.Memory < 0 || spec.PidsLimit < 0 {
 		return fmt.Errorf("negative uid, gid or limit")
+	}
+	if spec.PidsLimit != 0 && spec.PidsLimit < MinPidsLimit {
+		return fmt.Errorf("pids limit %d is below the minimum %d (the limit counts the sandbox init's threads)", spec.PidsLimit, MinPidsLimit)
+	}
+	if spec.Memory != 0 && spec.Memory < MinMemory {
+		return fmt.Errorf("memory limit %d bytes is below the minimum %d (6 MiB, as Docker's)", spec.Memory, MinMemory)
 	}
 	for _, g := range spec.ExtraGIDs {
 		if g < 0 {
