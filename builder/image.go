@@ -190,7 +190,7 @@ func assemble(cfg *v1.ConfigFile, ls []v1.Layer, startInterval time.Duration) (v
 		if err != nil {
 			return nil, err
 		}
-		desc.MediaType = ociLayerType(desc.MediaType)
+		desc.MediaType = registry.OCILayerType(desc.MediaType)
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, diffID)
 		m.Layers = append(m.Layers, *desc)
 		byDigest[desc.Digest] = l
@@ -211,17 +211,6 @@ func assemble(cfg *v1.ConfigFile, ls []v1.Layer, startInterval time.Duration) (v
 	return partial.CompressedToImage(&rawImage{cfg: rawCfg, manifest: rawManifest, layers: byDigest})
 }
 
-func ociLayerType(mt types.MediaType) types.MediaType {
-	switch mt {
-	case types.DockerLayer:
-		return types.OCILayer
-	case types.DockerUncompressedLayer:
-		return types.OCIUncompressedLayer
-	case "application/vnd.docker.image.rootfs.diff.tar.zstd":
-		return types.OCILayerZStd
-	}
-	return mt
-}
 
 // rawImage is an image held as its exact config and manifest bytes.
 type rawImage struct {

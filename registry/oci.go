@@ -38,7 +38,7 @@ func OCIMediaTypes(img v1.Image) (v1.Image, error) {
 	}
 	layerTypes := map[v1.Hash]types.MediaType{}
 	for i, l := range m.Layers {
-		m.Layers[i].MediaType = ociLayerType(l.MediaType)
+		m.Layers[i].MediaType = OCILayerType(l.MediaType)
 		layerTypes[l.Digest] = m.Layers[i].MediaType
 	}
 	raw, err := json.Marshal(m)
@@ -48,12 +48,16 @@ func OCIMediaTypes(img v1.Image) (v1.Image, error) {
 	return partial.CompressedToImage(&ociCore{img: img, raw: raw, layerTypes: layerTypes})
 }
 
-func ociLayerType(mt types.MediaType) types.MediaType {
+// OCILayerType maps a Docker layer media type to its OCI twin; other types
+// are returned unchanged.
+func OCILayerType(mt types.MediaType) types.MediaType {
 	switch mt {
 	case types.DockerLayer:
 		return types.OCILayer
 	case types.DockerUncompressedLayer:
 		return types.OCIUncompressedLayer
+	case "application/vnd.docker.image.rootfs.diff.tar.zstd":
+		return types.OCILayerZStd
 	case types.DockerForeignLayer:
 		return types.OCIRestrictedLayer
 	}
