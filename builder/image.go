@@ -211,7 +211,6 @@ func assemble(cfg *v1.ConfigFile, ls []v1.Layer, startInterval time.Duration) (v
 	return partial.CompressedToImage(&rawImage{cfg: rawCfg, manifest: rawManifest, layers: byDigest})
 }
 
-
 // rawImage is an image held as its exact config and manifest bytes.
 type rawImage struct {
 	cfg, manifest []byte
