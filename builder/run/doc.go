@@ -73,7 +73,8 @@
 // /sys/fs/cgroup/imgbuild/ on cgroup v2 (the memory and pids controllers
 // are enabled there), or below the process's own memory and pids cgroups on
 // cgroup v1. Both limits count the sandbox init (a Go process: about 5
-// threads and 10 MB) as well as the command. memory.swap.max (v1:
+// threads and 10 MB) as well as the command, hence the minimums
+// MinPidsLimit and MinMemory. memory.swap.max (v1:
 // memory.memsw.limit_in_bytes) is set so that the limit cannot be
 // exceeded through swap. When a limit is set and no usable cgroup exists,
 // Run fails with an error saying why. Zero means no limit and no cgroup.

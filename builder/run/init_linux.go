@@ -118,9 +118,10 @@ func setupAndStart(cfg *initConfig) (int, error) {
 	// What ps shows as pid 1 in the sandbox (instead of "exe").
 	os.WriteFile("/proc/self/comm", []byte(initComm), 0)
 	// Signals from inside the pid namespace reach the init only when it
-	// handles them; Go handles many, so ignore those instead (never
-	// SIGCHLD: the init waits for its children).
-	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
+	// handles them, and Go handles many (dying on SIGTERM, SIGABRT, ...):
+	// catch and drop them instead. Not signal.Ignore: ignored signals stay
+	// ignored in the command after exec.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
 		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE, syscall.SIGALRM, syscall.SIGABRT,
 		syscall.SIGTRAP, syscall.SIGSYS, syscall.SIGXCPU, syscall.SIGXFSZ, syscall.SIGTTIN, syscall.SIGTTOU)
 	lastCap, err := readLastCap()
