@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 // busyboxRootfs extracts registrytest.BusyboxImage into a new directory
 // (a trusted in-process image: directories, files, hard links and
 // symlinks, with owners, modes and times).
-func busyboxRootfs(t *testing.T) string {
+func busyboxRootfs(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	rc := mutate.Extract(registrytest.BusyboxImage(t))
