@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -87,6 +88,9 @@ func (c *copySnapshotter) prepare(ctx context.Context, m *Mount, parent []v1.Lay
 		return err
 	}
 	m.Dir = filepath.Join(m.scratch.path, "root")
+	if err := os.Mkdir(m.Dir, 0o755); err != nil {
+		return err
+	}
 	for i, l := range parent {
 		if err := applyVerified(ctx, m.Dir, l, ApplyOptions{NoChown: c.opts.NoChown}); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
@@ -363,23 +367,31 @@ func writeChanges(ctx context.Context, w io.Writer, root string, changes []chang
 func settleChanges(root string, cur []snapEntry, changes []change, epoch *time.Time) ([]snapEntry, error) {
 	settled := map[int]bool{} // index in cur -> removed (a socket)
 	for _, c := range changes {
-		if c.whiteout {
-			continue
+		if !c.whiteout {
+			settled[c.idx] = cur[c.idx].mode&unix.S_IFMT == unix.S_IFSOCK
 		}
-		e := &cur[c.idx]
-		st := unix.Stat_t{Mode: e.mode, Mtim: unix.Timespec{Sec: e.mtime / 1e9}}
-		if err := settleOne(filepath.Join(root, c.path), &st, "", epoch); err != nil {
-			return nil, err
+	}
+	// Sockets first: removing them changes their directory's times.
+	for _, sockets := range []bool{true, false} {
+		for idx, socket := range settled {
+			if socket != sockets {
+				continue
+			}
+			e := &cur[idx]
+			st := unix.Stat_t{Mode: e.mode, Mtim: unix.Timespec{Sec: e.mtime / 1e9}}
+			if err := settleOne(filepath.Join(root, e.path), &st, "", epoch); err != nil {
+				return nil, err
+			}
 		}
-		settled[c.idx] = e.mode&unix.S_IFMT == unix.S_IFSOCK
 	}
 	out := cur[:0]
 	for i := range cur {
 		e := cur[i]
-		if settled[i] {
+		removed, written := settled[i]
+		if removed {
 			continue
 		}
-		if _, written := settled[i]; written {
+		if written {
 			var sx unix.Statx_t
 			p := filepath.Join(root, e.path)
 			if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &sx); err != nil {
