@@ -67,13 +67,18 @@ func TestDifferentialBuildah(t *testing.T) {
 		dump: os.Getenv(diffDumpEnv),
 		work: t.TempDir(),
 	}
-	refs := env.startReferences(t, cases)
+	queue := env.startReferences(t, len(cases))
 	for _, c := range cases {
 		t.Run(c.Name, func(t *testing.T) {
+			// Before t.Parallel, so only the cases -run selects are
+			// queued, and all of them before any subtest waits.
+			ref := &reference{c: c, done: make(chan struct{})}
+			queue <- ref
 			t.Parallel()
-			env.runCase(t, c, refs[c.Name])
+			env.runCase(t, c, ref)
 		})
 	}
+	close(queue)
 }
 
 // referenceWorkers is how many buildah builds run at once.
@@ -91,6 +96,7 @@ type diffEnv struct {
 // reference is a case's prepared context and BuildKit reference snapshot
 // (buildah's, with the case's differences applied); done is closed when set.
 type reference struct {
+	c        diffCase
 	done     chan struct{}
 	ctxDir   string
 	args     map[string]string
@@ -99,14 +105,10 @@ type reference struct {
 	err      error
 }
 
-func (e *diffEnv) startReferences(t *testing.T, cases []diffCase) map[string]*reference {
-	refs := map[string]*reference{}
-	queue := make(chan diffCase, len(cases))
-	for _, c := range cases {
-		refs[c.Name] = &reference{done: make(chan struct{})}
-		queue <- c
-	}
-	close(queue)
+// startReferences starts the workers that build the references sent to the
+// returned channel; the caller closes it.
+func (e *diffEnv) startReferences(t *testing.T, n int) chan<- *reference {
+	queue := make(chan *reference, n)
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait) // before the temporary directories go
 	ctx := t.Context()
@@ -115,17 +117,17 @@ func (e *diffEnv) startReferences(t *testing.T, cases []diffCase) map[string]*re
 		// sharing a storage root serialize on its locks.
 		bd := newBuildah(t)
 		wg.Go(func() {
-			for c := range queue {
-				r := refs[c.Name]
-				e.buildReference(ctx, bd, c, r)
+			for r := range queue {
+				e.buildReference(ctx, bd, r)
 				close(r.done)
 			}
 		})
 	}
-	return refs
+	return queue
 }
 
-func (e *diffEnv) buildReference(ctx context.Context, bd *buildah, c diffCase, r *reference) {
+func (e *diffEnv) buildReference(ctx context.Context, bd *buildah, r *reference) {
+	c := r.c
 	dir := filepath.Join(e.work, c.Name)
 	r.ctxDir = filepath.Join(dir, "context")
 	buildahDockerfile, err := c.prepareContext(r.ctxDir, e.tokens)

@@ -20,9 +20,10 @@ import (
 
 const buildahBinary = "/usr/bin/buildah"
 
-// buildah runs buildah with its storage, registry configuration, signature
-// policy and auth file under one directory, so nothing global is read or
-// written.
+// buildah runs buildah with its storage, configuration files, signature
+// policy and auth file under one directory. (As root, containers/image still
+// keeps its blob-info cache in /var/lib/containers/cache; buildah has no
+// option to move it.)
 type buildah struct {
 	dir string
 	env []string
@@ -39,6 +40,7 @@ func newBuildah(t *testing.T) *buildah {
 		"registries.conf": "unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n",
 		"auth.json":       `{"auths":{}}`,
 		"storage.conf":    "[storage]\ndriver = \"vfs\"\n",
+		"containers.conf": "[engine]\n",
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
@@ -52,6 +54,7 @@ func newBuildah(t *testing.T) *buildah {
 		"XDG_RUNTIME_DIR=" + filepath.Join(dir, "xdg"),
 		"CONTAINERS_REGISTRIES_CONF=" + filepath.Join(dir, "registries.conf"),
 		"CONTAINERS_STORAGE_CONF=" + filepath.Join(dir, "storage.conf"),
+		"CONTAINERS_CONF=" + filepath.Join(dir, "containers.conf"),
 		"REGISTRY_AUTH_FILE=" + filepath.Join(dir, "auth.json"),
 		"BUILDAH_ISOLATION=chroot",
 	}}
