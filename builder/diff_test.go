@@ -41,8 +41,9 @@ const maxReportedDiffs = 40
 // case.json records buildah's value and BuildKit's; BuildKit's is what
 // imgbuild must produce. Every imgbuild image must also pass validate.Image.
 //
-// buildah spends most of its time waiting on its helper processes, so the
-// reference builds run referenceWorkers at a time, ahead of the subtests.
+// The buildah builds are most of the time. They run referenceWorkers at a
+// time, each worker with its own buildah storage (buildah processes sharing
+// one serialize on its locks), queued before the subtests start waiting.
 func TestDifferentialBuildah(t *testing.T) {
 	registrytest.RequireRoot(t)
 	cases := loadCases(t)
