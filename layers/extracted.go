@@ -2,6 +2,7 @@ package layers
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -49,7 +50,7 @@ func (c *layerCache) layer(ctx context.Context, l v1.Layer, diffID v1.Hash) (str
 	return c.ensure(ctx, diffID.Hex+c.suffix, func(tree string) error {
 		opts := c.apply
 		opts.NoWhiteouts = true
-		if err := applyVerified(ctx, tree, l, opts); err != nil {
+		if err := applyVerified(ctx, tree, l, diffID, opts); err != nil {
 			return err
 		}
 		return c.convert(ctx, tree)
@@ -59,10 +60,10 @@ func (c *layerCache) layer(ctx context.Context, l v1.Layer, diffID v1.Hash) (str
 // chain returns the tree of ls applied in order (OCI whiteouts honoured),
 // extracting it first when missing. It serves as the bottom lower of a
 // mount only: nothing below it needs whiteouts.
-func (c *layerCache) chain(ctx context.Context, ls []v1.Layer, id v1.Hash) (string, error) {
-	return c.ensure(ctx, "c-"+id.Hex, func(tree string) error {
+func (c *layerCache) chain(ctx context.Context, ls []v1.Layer, diffIDs []v1.Hash) (string, error) {
+	return c.ensure(ctx, "c-"+chainID(diffIDs).Hex, func(tree string) error {
 		for i, l := range ls {
-			if err := applyVerified(ctx, tree, l, c.apply); err != nil {
+			if err := applyVerified(ctx, tree, l, diffIDs[i], c.apply); err != nil {
 				return fmt.Errorf("layer %d: %w", i, err)
 			}
 		}
@@ -145,19 +146,25 @@ func isDir(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// applyVerified applies the uncompressed tar of l into dir and reads it to
-// its end, so that the layer's verifying reader reports a digest mismatch.
-func applyVerified(ctx context.Context, dir string, l v1.Layer, opts ApplyOptions) error {
+// applyVerified applies the uncompressed tar of l into dir, reads it to
+// its end and checks that it hashes to diffID: the cache is keyed by
+// diffID, whatever the layer's own reader verifies.
+func applyVerified(ctx context.Context, dir string, l v1.Layer, diffID v1.Hash, opts ApplyOptions) error {
 	rc, err := l.Uncompressed()
 	if err != nil {
 		return fmt.Errorf("opening layer: %w", err)
 	}
 	defer rc.Close()
-	if err := Apply(ctx, dir, rc, opts); err != nil {
+	h := sha256.New()
+	r := io.TeeReader(rc, h)
+	if err := Apply(ctx, dir, r, opts); err != nil {
 		return err
 	}
-	if _, err := io.Copy(io.Discard, rc); err != nil {
+	if _, err := io.Copy(io.Discard, r); err != nil {
 		return fmt.Errorf("reading layer to its end: %w", err)
+	}
+	if got := hashOf(h); got != diffID {
+		return fmt.Errorf("layer content has diffID %s, want %s: %w", got, diffID, ErrDigestMismatch)
 	}
 	return nil
 }

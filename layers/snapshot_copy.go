@@ -92,7 +92,7 @@ func (c *copySnapshotter) prepare(ctx context.Context, m *Mount, parent []v1.Lay
 		return err
 	}
 	for i, l := range parent {
-		if err := applyVerified(ctx, m.Dir, l, ApplyOptions{NoChown: c.opts.NoChown}); err != nil {
+		if err := applyVerified(ctx, m.Dir, l, m.diffIDs[i], ApplyOptions{NoChown: c.opts.NoChown}); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
 	}

@@ -168,7 +168,7 @@ func (o *overlaySnapshotter) lowers(ctx context.Context, parent []v1.Layer, ids 
 	start := 0
 	if n := len(parent); n > o.opts.MaxLowers {
 		start = n - o.opts.MaxLowers + 1
-		dir, err := o.cache.chain(ctx, parent[:start], chainID(ids[:start]))
+		dir, err := o.cache.chain(ctx, parent[:start], ids[:start])
 		if err != nil {
 			return nil, err
 		}
