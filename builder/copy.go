@@ -167,6 +167,9 @@ func (c *copier) collect(ctx context.Context) ([]srcItem, error) {
 // a file goes inside dest when dest is (or must be) a directory, and
 // becomes dest otherwise; a directory's contents are merged into dest.
 func (c *copier) copyItem(ctx context.Context, it *srcItem, dest string, destIsDir bool) error {
+	// Each source is copied on its own, as in BuildKit: hard links are kept
+	// within one source, not across sources.
+	c.inodes = map[[2]uint64]string{}
 	clean := path.Clean(dest)
 	if it.unpack {
 		// BuildKit extracts into dest as a directory made with mode 0755

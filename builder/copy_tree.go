@@ -229,7 +229,7 @@ func (c *copier) copyEntry(ctx context.Context, it *srcItem, src, rel, target st
 	if err := c.writeNonDir(it, src, target, fi); err != nil {
 		return err
 	}
-	if err := c.copyInfo(it, fi, target); err != nil {
+	if err := c.copyInfo(it, src, fi, target); err != nil {
 		return err
 	}
 	return c.record(target)
@@ -264,7 +264,7 @@ func (c *copier) copyDir(ctx context.Context, it *srcItem, src, rel, target stri
 	top := c.pending[len(c.pending)-1]
 	switch {
 	case include && (overwrite || created):
-		if err := c.copyInfo(it, fi, target); err != nil {
+		if err := c.copyInfo(it, src, fi, target); err != nil {
 			return err
 		}
 		return c.record(target)
@@ -301,7 +301,7 @@ func (c *copier) createPending(it *srcItem) error {
 		}
 		d.done, d.made = true, made
 		if made {
-			if err := c.copyInfo(it, fi, d.dst); err != nil {
+			if err := c.copyInfo(it, d.src, fi, d.dst); err != nil {
 				return err
 			}
 		} else if err := os.Chmod(d.dst, fi.Mode()&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
@@ -419,11 +419,13 @@ func copyFileData(src, target string) error {
 // copyInfo sets the owner, mode and times of a copied entry (fsutil's
 // copyFileInfo): owner from --chown, else 0:0 for context, heredoc and
 // downloaded sources, else the source's; mode from --chmod applied to the
-// source mode (not for symlinks); times from the source.
-func (c *copier) copyInfo(it *srcItem, fi os.FileInfo, target string) error {
+// source mode (not for symlinks); extended attributes and times from the
+// source.
+func (c *copier) copyInfo(it *srcItem, src string, fi os.FileInfo, target string) error {
 	if err := c.setOwner(target, ownerOf(it, fi)); err != nil {
 		return err
 	}
+	copyXattrs(src, target)
 	if fi.Mode()&os.ModeSymlink == 0 {
 		m := c.chmod.apply(fi.Mode())
 		if err := os.Chmod(target, m.Perm()|m&(os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
@@ -525,4 +527,35 @@ func (c *copier) imagePath(p string) string {
 		return p
 	}
 	return path.Clean("/" + filepath.ToSlash(rel))
+}
+
+// copyXattrs copies src's extended attributes to dst without following
+// symlinks. As in BuildKit (fsutil with an ignoring error handler), an
+// attribute that cannot be read or set is skipped.
+func copyXattrs(src, dst string) {
+	if src == "" {
+		return
+	}
+	size, err := unix.Llistxattr(src, nil)
+	if err != nil || size <= 0 {
+		return
+	}
+	buf := make([]byte, size)
+	if size, err = unix.Llistxattr(src, buf); err != nil {
+		return
+	}
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
+		if name == "" {
+			continue
+		}
+		n, err := unix.Lgetxattr(src, name, nil)
+		if err != nil {
+			continue
+		}
+		val := make([]byte, n)
+		if n, err = unix.Lgetxattr(src, name, val); err != nil {
+			continue
+		}
+		_ = unix.Lsetxattr(dst, name, val[:n], 0)
+	}
 }
