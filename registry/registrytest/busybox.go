@@ -127,7 +127,7 @@ func busyboxFiles(bin []byte, applets []string) []File {
 		{Name: "bin/busybox", Mode: 0o755, Body: bin},
 	}
 	for _, a := range applets {
-		fs = append(fs, File{Name: "bin/" + a, Link: "bin/busybox", Hard: true})
+		fs = append(fs, File{Name: "bin/" + a, Link: "bin/busybox", Hard: true, Mode: 0o755})
 	}
 	return append(fs,
 		File{Name: "dev/"},
