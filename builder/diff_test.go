@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -177,12 +178,14 @@ func (e *diffEnv) runCase(t *testing.T, c diffCase, ref *reference) {
 		ContextDir: ref.ctxDir,
 		BuildArgs:  ref.args,
 		Target:     c.Target,
+		Tags:       []string{"diff/" + c.Name + ":latest"},
 		Store:      e.store,
 		Registry:   registry.Options{Insecure: []string{e.host}},
 	})
 	if err != nil {
 		t.Fatalf("imgbuild: %v", err)
 	}
+	checkWithTools(t, e.store, "diff/"+c.Name+":latest")
 	t.Logf("buildah %v, imgbuild %v", ref.took.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	if err := validate.Image(res.Image); err != nil {
 		t.Errorf("validate.Image: %v", err)
@@ -247,4 +250,18 @@ func pushOnbuildImage(t *testing.T, host string) string {
 		t.Fatal(err)
 	}
 	return registrytest.PushImage(t, host, "library/onbuild:latest", img)
+}
+
+// checkWithTools reads a stored image with the real skopeo and umoci, as a
+// user of the store would.
+func checkWithTools(t *testing.T, store *layers.Store, ref string) {
+	t.Helper()
+	layout := filepath.Join(store.Root(), "oci")
+	if out, err := exec.CommandContext(t.Context(), "skopeo", "inspect", "oci:"+layout+":"+ref).CombinedOutput(); err != nil {
+		t.Errorf("skopeo inspect oci:%s:%s: %v\n%s", layout, ref, err, out)
+	}
+	bundle := filepath.Join(t.TempDir(), "bundle")
+	if out, err := exec.CommandContext(t.Context(), "umoci", "unpack", "--image", layout+":"+ref, bundle).CombinedOutput(); err != nil {
+		t.Errorf("umoci unpack --image %s:%s: %v\n%s", layout, ref, err, out)
+	}
 }
