@@ -99,8 +99,14 @@ type snapCase struct {
 	steps []func(o fsOps) // one committed layer each, stacked
 }
 
+func one(name string, f func(o fsOps)) snapCase { return snapCase{name, []func(fsOps){f}} }
+
 func snapCases() []snapCase {
-	one := func(name string, f func(o fsOps)) snapCase { return snapCase{name, []func(fsOps){f}} }
+	return append(fileCases(), treeCases()...)
+}
+
+// fileCases change, delete and replace files.
+func fileCases() []snapCase {
 	return []snapCase{
 		one("add-file", func(o fsOps) { o.write("etc/new.conf", "new", 0o644) }),
 		one("modify-file", func(o fsOps) {
@@ -128,6 +134,22 @@ func snapCases() []snapCase {
 		}),
 		one("recreate-file", func(o fsOps) { o.rm("etc/passwd"); o.write("etc/passwd", "root", 0o600) }),
 		one("rename-file", func(o fsOps) { o.do(os.Rename(o.p("etc/hosts"), o.p("etc/hosts.bak"))) }),
+		one("xattrs", func(o fsOps) {
+			o.write("etc/x", "x", 0o644)
+			o.do(unix.Lsetxattr(o.p("etc/x"), "user.foo", []byte("bar"), 0))
+			o.do(unix.Lsetxattr(o.p("bin/sh"), "security.capability", []byte(capNetBind), 0))
+		}),
+		one("setuid-setgid", func(o fsOps) {
+			o.write("bin/su", "su", 0o4755)
+			o.do(unix.Chmod(o.p("bin/sh"), 0o2755))
+			o.do(unix.Chmod(o.p("data/sub"), 0o2770))
+		}),
+	}
+}
+
+// treeCases change directories, links and special files, and stack steps.
+func treeCases() []snapCase {
+	return []snapCase{
 		one("file-to-dir", func(o fsOps) { o.rm("opt/tool"); o.mkdirs("opt/tool"); o.write("opt/tool/bin", "b", 0o755) }),
 		one("dir-to-file", func(o fsOps) { o.rm("var/cache/apt"); o.write("var/cache/apt", "file", 0o644) }),
 		one("symlinks", func(o fsOps) {
@@ -141,16 +163,6 @@ func snapCases() []snapCase {
 			o.write("usr/local/bin/a", "a", 0o755)
 			o.do(os.Link(o.p("usr/local/bin/a"), o.p("usr/local/bin/b")))
 			o.do(os.Link(o.p("bin/sh"), o.p("bin/sh2"))) // link to a lower file
-		}),
-		one("setuid-setgid", func(o fsOps) {
-			o.write("bin/su", "su", 0o4755)
-			o.do(unix.Chmod(o.p("bin/sh"), 0o2755))
-			o.do(unix.Chmod(o.p("data/sub"), 0o2770))
-		}),
-		one("xattrs", func(o fsOps) {
-			o.write("etc/x", "x", 0o644)
-			o.do(unix.Lsetxattr(o.p("etc/x"), "user.foo", []byte("bar"), 0))
-			o.do(unix.Lsetxattr(o.p("bin/sh"), "security.capability", []byte(capNetBind), 0))
 		}),
 		one("device-nodes", func(o fsOps) {
 			o.do(unix.Mknod(o.p("dev/null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
