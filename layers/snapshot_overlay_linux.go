@@ -25,7 +25,8 @@ import (
 // Mount options: index=off (no inode index: lowers are shared by many
 // mounts), redirect_dir=off and metacopy=off (the upperdir holds whole
 // files and renamed directories are copied, so that it is a complete layer
-// on its own), userxattr in a user namespace. Lower directories are passed
+// on its own; with userxattr in a user namespace, which implies no
+// redirects and no metacopy). Lower directories are passed
 // as file descriptor numbers resolved relative to /proc/self/fd by a thread
 // with its own working directory (as containerd passes relative paths), so
 // the one-page limit of mount options fits about 800 layers; the kernel
@@ -281,9 +282,13 @@ func mountOverlay(lowers []string, upper, work, target string, userxattr bool) e
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(&b, ",upperdir=%s,workdir=%s,index=off,redirect_dir=off,metacopy=off", uf, wf)
+	fmt.Fprintf(&b, ",upperdir=%s,workdir=%s,index=off", uf, wf)
 	if userxattr {
+		// userxattr implies redirect_dir=nofollow (no redirects) and
+		// metacopy=off, and refuses other values.
 		b.WriteString(",userxattr")
+	} else {
+		b.WriteString(",redirect_dir=off,metacopy=off")
 	}
 	if b.Len() >= os.Getpagesize() {
 		return fmt.Errorf("mounting overlay: options of %d layers exceed a page", len(lowers))

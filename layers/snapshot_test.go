@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -277,12 +278,25 @@ func runSnapCase(t *testing.T, env snapEnv, tc snapCase) (diffIDs, listings []st
 			diffIDs = append(diffIDs, h.Hex)
 			parent = append(parent, l)
 		}
-		sameView(t, kind+": step rootfs vs extraction of its layers", view(t, applyAll(t, parent), false), before)
+		// Hard links are compared through the layers' tar entries: the st_ino
+		// of overlayfs's merged view is not stable across copy-up.
+		sameView(t, kind+": step rootfs vs extraction of its layers", noLinks(view(t, applyAll(t, parent), false)), noLinks(before))
 	}
 	m := prepare(t, sn, parent)
 	sameView(t, kind+": Prepare on the committed layers vs their extraction", view(t, m.Dir, true), view(t, applyAll(t, parent), true))
 	return diffIDs, listings
 }
+
+// noLinks drops the hard link groups of view lines.
+func noLinks(lines []string) []string {
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		out[i] = linkGroup.ReplaceAllString(l, "")
+	}
+	return out
+}
+
+var linkGroup = regexp.MustCompile(` =[^ ]+`)
 
 func TestSnapshotCommitTwice(t *testing.T) {
 	registrytest.RequireRoot(t)
