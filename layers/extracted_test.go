@@ -314,3 +314,18 @@ func TestSnapshotKilledChild(t *testing.T) {
 	fmt.Println("prepared")
 	os.Exit(3)
 }
+
+// TestSnapshotRepeatedLayer stacks the same layer twice with a layer that
+// undoes part of it in between (overlayfs refuses a lowerdir twice).
+func TestSnapshotRepeatedLayer(t *testing.T) {
+	registrytest.RequireRoot(t)
+	x := memLayer(t, dirE("x/", 0o755), fileE("x/f", "f", 0o644), dirE("etc/", 0o755), fileE("etc/.wh.group", "", 0))
+	undo := memLayer(t, dirE("x/", 0o700), fileE("x/.wh.f", "", 0), fileE("x/g", "g", 0o644), dirE("etc/", 0o755), fileE("etc/group", "g", 0o644))
+	parent := []v1.Layer{memLayer(t, baseEnts()...), x, undo, x}
+	want := view(t, applyAll(t, parent), true)
+	for _, maxLowers := range []int{0, 2} {
+		s := snapStore(t)
+		sn := newSnap(t, s, layers.SnapshotterOverlay, layers.SnapshotOptions{MaxLowers: maxLowers})
+		sameView(t, fmt.Sprintf("MaxLowers %d", maxLowers), view(t, prepare(t, sn, parent).Dir, true), want)
+	}
+}

@@ -162,20 +162,30 @@ func (o *overlaySnapshotter) prepare(ctx context.Context, m *Mount, parent []v1.
 	return nil
 }
 
-// lowers returns the extracted trees of parent, lowest first, merging the
-// bottom layers when there are more than MaxLowers.
+// lowers returns the extracted trees of parent, lowest first. A layer
+// found again higher in the stack is mounted at its topmost place only
+// (overlayfs refuses a directory twice; applying the same tar again above
+// gives the same result whatever it did below). When more than MaxLowers
+// layers remain, the bottom ones are merged into one tree.
 func (o *overlaySnapshotter) lowers(ctx context.Context, parent []v1.Layer, ids []v1.Hash) ([]string, error) {
+	var keep []int // indices of the layers mounted on their own, lowest first
+	seen := map[v1.Hash]bool{}
+	for i := len(ids) - 1; i >= 0; i-- {
+		if !seen[ids[i]] {
+			seen[ids[i]] = true
+			keep = append([]int{i}, keep...)
+		}
+	}
 	var out []string
-	start := 0
-	if n := len(parent); n > o.opts.MaxLowers {
-		start = n - o.opts.MaxLowers + 1
-		dir, err := o.cache.chain(ctx, parent[:start], ids[:start])
+	if len(keep) > o.opts.MaxLowers {
+		keep = keep[len(keep)-o.opts.MaxLowers+1:]
+		dir, err := o.cache.chain(ctx, parent[:keep[0]], ids[:keep[0]])
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, dir)
 	}
-	for i := start; i < len(parent); i++ {
+	for _, i := range keep {
 		dir, err := o.cache.layer(ctx, parent[i], ids[i])
 		if err != nil {
 			return nil, fmt.Errorf("layer %d: %w", i, err)
