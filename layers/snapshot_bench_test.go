@@ -15,6 +15,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"golang.org/x/sys/unix"
 
 	"github.com/imgbuild/imgbuild/layers"
 )
@@ -114,7 +115,7 @@ func benchBase(b *testing.B, name string, size int) (*layers.Store, v1.Layer) {
 		b.Fatal(err)
 	}
 	defer os.RemoveAll(tree)
-	makeManyFiles(b, tree, size)
+	makeManyFiles(b, tree, size, 14<<10)
 	l, err := s.WriteLayer(ctx, func(w io.Writer) error {
 		return layers.WriteTar(ctx, w, tree, layers.TarOptions{})
 	}, layers.LayerOptions{Compression: layers.Uncompressed})
@@ -135,13 +136,13 @@ func benchBase(b *testing.B, name string, size int) (*layers.Store, v1.Layer) {
 	return s, l
 }
 
-// makeManyFiles writes about size bytes as files of 1 to 15 KiB, 100 per
-// directory, plus etc/.
-func makeManyFiles(b *testing.B, root string, size int) {
+// makeManyFiles writes about size bytes as files of 1 KiB to 1 KiB +
+// spread (random), 100 per directory, plus etc/.
+func makeManyFiles(b *testing.B, root string, size, spread int) {
 	r := rand.New(rand.NewSource(1))
-	buf := make([]byte, 16<<10)
+	buf := make([]byte, 1<<10+spread)
 	r.Read(buf)
-	if err := os.Mkdir(filepath.Join(root, "etc"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
 		b.Fatal(err)
 	}
 	for total, i := 0, 0; total < size; i++ {
@@ -151,11 +152,57 @@ func makeManyFiles(b *testing.B, root string, size int) {
 				b.Fatal(err)
 			}
 		}
-		n := 1<<10 + r.Intn(14<<10)
+		n := 1<<10 + r.Intn(spread)
 		copy(buf, fmt.Sprintf("file %d\n", i))
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%02d", i%100)), buf[:n], 0o644); err != nil {
 			b.Fatal(err)
 		}
 		total += n
+	}
+}
+
+// BenchmarkCommitLargeStep measures the commit of a step that wrote 10,000
+// files, 200 MB in all, on the 80 MB base, and reports the process's peak
+// RSS afterwards (the bound: 200 MB).
+//
+//	go test -run '^$' -bench 'BenchmarkCommitLargeStep' -benchtime 3x ./layers
+func BenchmarkCommitLargeStep(b *testing.B) {
+	if testing.Short() {
+		b.Skip("writes 200 MB per iteration")
+	}
+	if os.Geteuid() != 0 {
+		b.Skip("needs root (overlay mounts, owners)")
+	}
+	for _, kind := range []string{layers.SnapshotterOverlay, layers.SnapshotterCopy} {
+		b.Run(kind, func(b *testing.B) {
+			ctx := context.Background()
+			s, base := benchBase(b, "80MB", 80<<20)
+			sn, err := layers.NewSnapshotter(ctx, s, kind, layers.SnapshotOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sn.Close()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				m, err := sn.Prepare(ctx, []v1.Layer{base})
+				if err != nil {
+					b.Fatal(err)
+				}
+				makeManyFiles(b, filepath.Join(m.Dir, "big"), 200<<20, 38<<10) // 10,000 files
+				b.StartTimer()
+				if l, err := sn.Commit(ctx, m, layers.CommitOptions{}); err != nil || l == nil {
+					b.Fatalf("Commit: %v, %v", l, err)
+				}
+				b.StopTimer()
+				if err := sn.Release(ctx, m); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var ru unix.Rusage
+			if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err == nil {
+				b.ReportMetric(float64(ru.Maxrss)/1024, "peak-RSS-MB")
+			}
+		})
 	}
 }
