@@ -288,6 +288,10 @@ func TestSnapshotCleansKilledProcess(t *testing.T) {
 	if len(mountsBelow(t, s.Root())) != 1 {
 		t.Fatalf("child left mounts %v, want its overlay", mountsBelow(t, s.Root()))
 	}
+	// A scratch directory whose creator died before locking it.
+	if err := os.Mkdir(filepath.Join(s.Root(), "snapshots", "sdead"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	newSnap(t, s, layers.SnapshotterCopy, layers.SnapshotOptions{})
 	// snapStore checks that no mount and no scratch directory is left.
 }

@@ -112,10 +112,19 @@ type Mount struct {
 // place through one of several hard-linked names breaks the link under
 // overlay (only that name is in the layer) while copy writes every name.
 // Copy detects changes by inode number, size, mode, owner, mtime and
-// ctime in nanoseconds (as buildah and kaniko, plus ctime and identity);
-// Prepare and Commit wait until the clock has moved past the ctimes they
-// recorded, so any later change gets a later ctime.
+// ctime in nanoseconds (kaniko and buildah compare mtimes and sizes; ctime
+// catches in-place rewrites that restore the mtime); Prepare and Commit
+// wait until the clock has moved past the ctimes they recorded, so any
+// later change gets a later ctime.
+//
+// An overlay Mount.Dir is mounted in the caller's mount namespace, below
+// Root()/snapshots.
 func NewSnapshotter(ctx context.Context, store *Store, kind string, opts SnapshotOptions) (Snapshotter, error) {
+	switch kind {
+	case SnapshotterAuto, "", SnapshotterOverlay, SnapshotterCopy:
+	default:
+		return nil, fmt.Errorf("unknown snapshotter %q (want auto, overlay or copy)", kind)
+	}
 	if opts.MaxLowers == 0 {
 		opts.MaxLowers = 128
 	}
@@ -130,13 +139,11 @@ func NewSnapshotter(ctx context.Context, store *Store, kind string, opts Snapsho
 		return newOverlaySnapshotter(ctx, store, opts)
 	case SnapshotterCopy:
 		return newCopySnapshotter(store, opts)
-	case SnapshotterAuto, "":
-		if s, err := newOverlaySnapshotter(ctx, store, opts); err == nil {
-			return s, nil
-		}
-		return newCopySnapshotter(store, opts)
 	}
-	return nil, fmt.Errorf("unknown snapshotter %q (want auto, overlay or copy)", kind)
+	if s, err := newOverlaySnapshotter(ctx, store, opts); err == nil {
+		return s, nil
+	}
+	return newCopySnapshotter(store, opts)
 }
 
 // emptyTarDiffID is the diffID of a tar with no entry (1024 zero bytes).
@@ -244,11 +251,19 @@ func (s *Store) cleanScratch(ctx context.Context) error {
 			continue
 		}
 		p := filepath.Join(base, e.Name())
-		release, ok := tryLock(filepath.Join(p, ownerLock))
-		if !ok {
+		release, err := tryLock(filepath.Join(p, ownerLock))
+		if errors.Is(err, unix.EWOULDBLOCK) {
 			continue // in use
 		}
-		d := &scratchDir{path: p, unlock: release}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("cleaning scratch directory %s: %w", p, err)
+		}
+		// No lock file: its creator died before making it (creators hold
+		// scratchLock shared, which this holds exclusive).
+		d := &scratchDir{path: p, unlock: func() {}}
+		if release != nil {
+			d.unlock = release
+		}
 		if err := d.remove(); err != nil {
 			return fmt.Errorf("cleaning scratch directory %s: %w", p, err)
 		}
@@ -308,17 +323,17 @@ func isEmptyTar(l v1.Layer) (bool, error) {
 }
 
 // tryLock takes an exclusive flock(2) on the existing file p without
-// waiting; ok is false when p is missing or locked.
-func tryLock(p string) (release func(), ok bool) {
+// waiting; the error wraps EWOULDBLOCK when it is locked.
+func tryLock(p string) (release func(), err error) {
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
 	if err != nil {
-		return nil, false
+		return nil, err
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
-		return nil, false
+		return nil, fmt.Errorf("flock %s: %w", p, err)
 	}
-	return func() { f.Close() }, true
+	return func() { f.Close() }, nil
 }
 
 // release unmounts m, removes its scratch directory unless another owner
