@@ -165,3 +165,87 @@ func TestNewSnapshotterFallsBackToCopy(t *testing.T) {
 	}
 	checkGoldenFile(t, filepath.Join("snapshots", "add-file.golden"), layerListing(t, l))
 }
+
+// TestCopySnapshotterUnprivileged runs the copy snapshotter as nobody
+// (re-executing the test binary when run as root): auto picks copy, layers
+// extract without chown, read-only directories are no obstacle, and the
+// scratch tree goes on Release.
+func TestCopySnapshotterUnprivileged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		unprivilegedCopy(t, t.TempDir())
+		return
+	}
+	dir, err := os.MkdirTemp("", "imgbuild-snap-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "layers.test")
+	if err := copyFile(exe, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	work := filepath.Join(dir, "work")
+	if err := os.Mkdir(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(work, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestCopySnapshotterUnprivileged$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), registrytest.RequireRootEnv+"=", "TMPDIR="+work)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestCopySnapshotterUnprivileged") {
+		t.Fatalf("child as nobody: %v\n%s", err, out)
+	}
+}
+
+func unprivilegedCopy(t *testing.T, root string) {
+	ctx := context.Background()
+	s, err := layers.OpenStore(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := layers.NewSnapshotter(ctx, s, layers.SnapshotterAuto, layers.SnapshotOptions{NoChown: true})
+	if err != nil || sn.Kind() != layers.SnapshotterCopy {
+		t.Fatalf("auto as %d: %v, %v; want copy", os.Geteuid(), sn, err)
+	}
+	base := storeLayerOf(t, s, append(baseEnts(), dirE("ro/", 0o555), fileE("ro/f", "f", 0o444))...)
+	m, err := sn.Prepare(ctx, []v1.Layer{base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := fsOps{t, m.Dir}
+	o.write("etc/new.conf", "new", 0o644)
+	o.rm("etc/group")
+	o.rm("data")
+	o.mkdirs("data")
+	l, err := sn.Commit(ctx, m, layers.CommitOptions{})
+	if err != nil || l == nil {
+		t.Fatalf("Commit: %v, %v", l, err)
+	}
+	var got []string
+	for _, e := range parseTar(t, uncompressed(t, l)) {
+		got = append(got, e.hdr.Name)
+	}
+	want := "data/ data/.wh..wh..opq etc/ etc/.wh.group etc/new.conf"
+	if strings.Join(got, " ") != want {
+		t.Errorf("layer entries %q, want %q", got, want)
+	}
+	if err := sn.Release(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Close(); err != nil {
+		t.Fatalf("Close (removing a tree with read-only directories): %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "snapshots")); len(ents) != 1 {
+		t.Errorf("snapshots/ after Close: %v, want only its lock", ents)
+	}
+}
