@@ -299,7 +299,7 @@ func TestSnapshotCleansKilledProcess(t *testing.T) {
 func TestSnapshotKilledChild(t *testing.T) {
 	root := os.Getenv("IMGBUILD_SNAPSHOT_CHILD_STORE")
 	if root == "" {
-		t.Skip("run by TestSnapshotCleansKilledProcess")
+		t.Skip("[allowed-skip] helper process, run by TestSnapshotCleansKilledProcess")
 	}
 	ctx := context.Background()
 	s, err := layers.OpenStore(ctx, root)
