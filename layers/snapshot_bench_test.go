@@ -53,7 +53,7 @@ func benchCommit(b *testing.B, kind string) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer sn.Close()
+			defer pruneBench(b, s, sn)
 			// A first step outside the timer extracts the base (copy:
 			// into its private tree, parked for the next step).
 			parent := []v1.Layer{base}
@@ -95,6 +95,32 @@ func benchStep(b *testing.B, sn layers.Snapshotter, parent []v1.Layer, i int, co
 		b.Fatal(err)
 	}
 	return append(parent, l)
+}
+
+// pruneBench closes sn and drops from the bench store what the benchmark
+// added (blobs of untagged layers, their extracted trees), keeping the
+// bases.
+func pruneBench(b *testing.B, s *layers.Store, sn layers.Snapshotter) {
+	ctx := context.Background()
+	if err := sn.Close(); err != nil {
+		b.Error(err)
+	}
+	keep := map[v1.Hash]bool{}
+	for _, name := range []string{"80MB", "1GB"} {
+		if img, err := s.Image(ctx, "bench/base:"+name); err == nil {
+			if ids, err := img.ConfigFile(); err == nil {
+				for _, h := range ids.RootFS.DiffIDs {
+					keep[h] = true
+				}
+			}
+		}
+	}
+	if _, err := s.Prune(ctx); err != nil {
+		b.Error(err)
+	}
+	if _, _, err := s.PruneExtractedLayers(ctx, func(h v1.Hash) bool { return keep[h] }); err != nil {
+		b.Error(err)
+	}
 }
 
 // benchBase returns the cached bench store and its base layer of about
@@ -184,7 +210,7 @@ func BenchmarkCommitLargeStep(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer sn.Close()
+			defer pruneBench(b, s, sn)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
