@@ -211,6 +211,9 @@ func (c diffCase) applySetup(dst string) error {
 		}
 	}
 	for _, p := range sortedKeys(c.Hardlinks) {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dst, p)), 0o755); err != nil {
+			return err
+		}
 		if err := os.Link(filepath.Join(dst, c.Hardlinks[p]), filepath.Join(dst, p)); err != nil {
 			return err
 		}

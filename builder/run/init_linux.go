@@ -120,12 +120,13 @@ func setupAndStart(cfg *initConfig) (int, error) {
 	// Signals from inside the pid namespace reach the init only when it
 	// handles them, and Go handles many (dying on SIGTERM, SIGABRT, ...):
 	// catch and drop them instead. Not signal.Ignore: ignored signals stay
-	// ignored in the command after exec. Handling every standard signal also
+	// ignored in the command after exec. Handling every signal (real-time
+	// ones included: a runner may ignore signal 32) also
 	// resets the ones imgbuild was started with ignored (nohup, a background
 	// job, a CI runner's SIGTSTP) to their defaults across exec;
 	// signal.Ignored cannot tell, since Go leaves SIGTSTP and friends alone
 	// until asked.
-	for sig := syscall.Signal(1); sig < 32; sig++ {
+	for sig := syscall.Signal(1); sig <= 64; sig++ {
 		if sig != syscall.SIGKILL && sig != syscall.SIGSTOP {
 			signal.Notify(make(chan os.Signal, 1), sig)
 		}
