@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -131,6 +132,7 @@ func setupAndStart(cfg *initConfig) (int, error) {
 			signal.Notify(make(chan os.Signal, 1), sig)
 		}
 	}
+	resetIgnoredSignals()
 	lastCap, err := readLastCap()
 	if err != nil {
 		return 0, err
@@ -299,6 +301,23 @@ func reap(pid int) initStatus {
 		}
 		if ws.Exited() {
 			return initStatus{Code: ws.ExitStatus()}
+		}
+	}
+}
+
+// resetIgnoredSignals sets every signal still ignored (those Go does not
+// manage, such as 32, used by C threading libraries) back to SIG_DFL, so
+// that the command does not inherit the ignore. A zeroed kernel sigaction is
+// SIG_DFL with no flags on every architecture; the handler is its first word.
+func resetIgnoredSignals() {
+	const sigIgn = 1
+	for sig := uintptr(1); sig <= 64; sig++ {
+		var old, dfl [4]uint64
+		if _, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, sig, 0, uintptr(unsafe.Pointer(&old)), 8, 0, 0); e != 0 {
+			continue
+		}
+		if old[0] == sigIgn {
+			unix.RawSyscall6(unix.SYS_RT_SIGACTION, sig, uintptr(unsafe.Pointer(&dfl)), 0, 8, 0, 0)
 		}
 	}
 }
