@@ -39,6 +39,7 @@ type report struct {
 	output  map[testID]*strings.Builder
 	skipped []testID
 	failed  []testID
+	passed  int
 	badPkgs map[string]bool
 }
 
@@ -88,6 +89,10 @@ func (r *report) handle(ev event, out io.Writer) {
 			}
 			b.WriteString(ev.Output)
 		}
+	case "pass":
+		if ev.Test != "" {
+			r.passed++
+		}
 	case "skip":
 		if ev.Test != "" { // a package-level skip means "no test files"
 			r.skipped = append(r.skipped, id)
@@ -132,6 +137,8 @@ func (r *report) summary(out io.Writer, allow *regexp.Regexp) int {
 	}
 	fmt.Fprintf(out, "testreport: %d failed tests, %d failed packages, %d skips (%d forbidden)\n",
 		len(r.failed), len(pkgs), len(r.skipped), len(bad))
+	// The plain closing line: tests (subtests included), forbidden skips counted as failures.
+	fmt.Fprintf(out, "tests: %d passed, %d failed, %d skipped\n", r.passed, len(r.failed)+len(bad), len(r.skipped)-len(bad))
 	if len(bad) > 0 || len(r.failed) > 0 || len(pkgs) > 0 {
 		return 1
 	}
