@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/imgbuild/imgbuild/builder/dockerfile"
+	"github.com/imgbuild/imgbuild/registry"
 )
 
 // build is the state of one Build call shared by its stages.
@@ -26,6 +27,7 @@ type build struct {
 	now    time.Time
 	tmp    string // scratch directory for this build, removed at the end
 	step   atomic.Int64
+	stages *sync.WaitGroup // running stage goroutines
 
 	progressMu sync.Mutex
 	imagesMu   sync.Mutex
@@ -51,7 +53,16 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating build directory: %w", err)
 	}
-	defer os.RemoveAll(tmp)
+	// Stages run in goroutines: when Build returns (a failed stage, a
+	// cancelled ctx), the others are cancelled and waited for before their
+	// directories go.
+	ctx, cancel := context.WithCancel(ctx)
+	var stages sync.WaitGroup
+	defer func() {
+		cancel()
+		stages.Wait()
+		os.RemoveAll(tmp)
+	}()
 
 	bctx, err := loadContext(ctx, contextOptions{
 		Dir: opts.ContextDir, Tar: opts.ContextTar, Dockerfile: opts.Dockerfile,
@@ -64,12 +75,12 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := newPlan(f, &opts, target, hostPlatform())
+	p, err := newPlan(f, &opts, target, registry.HostPlatform())
 	if err != nil {
 		return nil, err
 	}
 	b := &build{opts: opts, bctx: bctx, plan: p, target: target, now: time.Now().UTC(), tmp: tmp,
-		images: map[string]*stageResult{}}
+		images: map[string]*stageResult{}, stages: &stages}
 	if b.epoch, err = sourceDateEpoch(&opts, p); err != nil {
 		return nil, err
 	}
@@ -119,10 +130,10 @@ func (b *build) start(ctx context.Context, st *stage) {
 		for _, d := range st.deps {
 			b.start(ctx, d)
 		}
-		go func() {
+		b.stages.Go(func() {
 			defer close(st.done)
 			st.res, st.err = b.runStage(ctx, st)
-		}()
+		})
 	})
 }
 

@@ -2,7 +2,6 @@ package builder
 
 import (
 	"fmt"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/shell"
 
 	"github.com/imgbuild/imgbuild/builder/dockerfile"
+	"github.com/imgbuild/imgbuild/registry"
 )
 
 const scratchName = "scratch"
@@ -197,40 +197,11 @@ func predefinedArgs(build, target v1.Platform, targetStage string, f *dockerfile
 
 // parsePlatform parses "os/arch[/variant]"; "" means the host's platform.
 func parsePlatform(s string) (v1.Platform, error) {
-	if s == "" {
-		return hostPlatform(), nil
+	p, err := registry.ParsePlatform(s)
+	if err != nil {
+		return v1.Platform{}, err
 	}
-	parts := strings.Split(s, "/")
-	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
-		return v1.Platform{}, fmt.Errorf("invalid platform %q: want os/arch[/variant]", s)
-	}
-	p := v1.Platform{OS: parts[0], Architecture: parts[1]}
-	if len(parts) == 3 {
-		p.Variant = parts[2]
-	}
-	return normalizePlatform(p), nil
-}
-
-func hostPlatform() v1.Platform {
-	return normalizePlatform(v1.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH})
-}
-
-// normalizePlatform applies containerd's defaults for ARM variants.
-func normalizePlatform(p v1.Platform) v1.Platform {
-	switch p.Architecture {
-	case "arm64", "aarch64":
-		p.Architecture = "arm64"
-		if p.Variant == "v8" {
-			p.Variant = ""
-		}
-	case "arm":
-		if p.Variant == "" {
-			p.Variant = "v7"
-		}
-	case "x86_64", "x86-64":
-		p.Architecture = "amd64"
-	}
-	return p
+	return *p, nil
 }
 
 func formatPlatform(p v1.Platform) string {
