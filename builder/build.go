@@ -28,6 +28,9 @@ type build struct {
 	tmp    string // scratch directory for this build, removed at the end
 	step   atomic.Int64
 	stages *sync.WaitGroup // running stage goroutines
+	cancel context.CancelFunc
+	failMu sync.Mutex
+	failed error // the first stage error: it cancels the whole build
 
 	progressMu sync.Mutex
 	imagesMu   sync.Mutex
@@ -80,13 +83,13 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	b := &build{opts: opts, bctx: bctx, plan: p, target: target, now: time.Now().UTC(), tmp: tmp,
-		images: map[string]*stageResult{}, stages: &stages}
+		images: map[string]*stageResult{}, stages: &stages, cancel: cancel}
 	if b.epoch, err = sourceDateEpoch(&opts, p); err != nil {
 		return nil, err
 	}
 	res, err := b.stageResult(ctx, p.target)
 	if err != nil {
-		return nil, err
+		return nil, b.firstError(err)
 	}
 	return b.finish(ctx, res)
 }
@@ -133,6 +136,9 @@ func (b *build) start(ctx context.Context, st *stage) {
 		b.stages.Go(func() {
 			defer close(st.done)
 			st.res, st.err = b.runStage(ctx, st)
+			if st.err != nil {
+				b.fail(st.err)
+			}
 		})
 	})
 }
@@ -153,4 +159,26 @@ func (b *build) progress(ev Event) {
 	b.progressMu.Lock()
 	defer b.progressMu.Unlock()
 	b.opts.Progress(ev)
+}
+
+// fail records the first stage error and cancels the other stages, as
+// BuildKit fails a build as soon as any step fails.
+func (b *build) fail(err error) {
+	b.failMu.Lock()
+	defer b.failMu.Unlock()
+	if b.failed == nil {
+		b.failed = err
+		b.cancel()
+	}
+}
+
+// firstError is the error that stopped the build: the first stage failure
+// rather than the cancellations it caused.
+func (b *build) firstError(err error) error {
+	b.failMu.Lock()
+	defer b.failMu.Unlock()
+	if b.failed != nil {
+		return b.failed
+	}
+	return err
 }

@@ -292,3 +292,44 @@ func TestBuildIndependentStagesConcurrently(t *testing.T) {
 		t.Fatalf("unexpected files: a=%+v b=%+v", fs["a"], fs["b"])
 	}
 }
+
+// TestBuildFailingStageCancelsOthers: when one stage fails, Build returns
+// without waiting for a slow independent stage, whose download is cancelled.
+func TestBuildFailingStageCancelsOthers(t *testing.T) {
+	arrived, cancelled := make(chan struct{}), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/bad" {
+			// Fail only once the slow download is under way.
+			select {
+			case <-arrived:
+			case <-time.After(10 * time.Second):
+			}
+			http.NotFound(w, r)
+			return
+		}
+		close(arrived)
+		select {
+		case <-r.Context().Done():
+			close(cancelled)
+		case <-time.After(30 * time.Second):
+			fmt.Fprint(w, "too late")
+		}
+	}))
+	defer srv.Close()
+	df := fmt.Sprintf("FROM scratch AS slow\nADD %[1]s/big /big\nFROM scratch AS bad\nADD %[1]s/bad /bad\n"+
+		"FROM scratch\nCOPY --from=slow /big /\nCOPY --from=bad /bad /\n", srv.URL)
+	dir := btContext(t, map[string]string{"Dockerfile": df})
+	start := time.Now()
+	_, err := builder.Build(context.Background(), builder.Options{ContextDir: dir, Store: btStore(t)})
+	if err == nil || !strings.Contains(err.Error(), "Dockerfile:4: ADD "+srv.URL+"/bad /bad") {
+		t.Fatalf("error %v, want the failing ADD at line 4", err)
+	}
+	if took := time.Since(start); took > 15*time.Second {
+		t.Fatalf("Build took %v: it waited for the slow stage", took)
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the slow stage's download was not cancelled")
+	}
+}
