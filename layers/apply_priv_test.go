@@ -126,7 +126,20 @@ func TestApplyPrivilegedXattrs(t *testing.T) {
 // chown without NoChown fails.
 func TestApplyUnprivileged(t *testing.T) {
 	registrytest.RequireRoot(t)
-	dir, err := os.MkdirTemp("", "imgbuild-apply-unpriv")
+	cmd, work := nobodyTestCmd(t, "imgbuild-apply-unpriv", "TestApplyUnprivilegedChild")
+	cmd.Env = append(cmd.Env, "IMGBUILD_APPLY_CHILD_DIR="+work)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestApplyUnprivilegedChild") {
+		t.Fatalf("child as nobody: %v\n%s", err, out)
+	}
+}
+
+// nobodyTestCmd prepares a run of the test named test by a copy of the test
+// binary as nobody (65534), in a temporary directory nobody can reach, with
+// a work directory nobody owns. Root-only gating is switched off in it.
+func nobodyTestCmd(t *testing.T, prefix, test string) (cmd *exec.Cmd, work string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +152,7 @@ func TestApplyUnprivileged(t *testing.T) {
 	if err := copyFile(exe, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	work := filepath.Join(dir, "work")
+	work = filepath.Join(dir, "work")
 	if err := os.Mkdir(work, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -149,13 +162,10 @@ func TestApplyUnprivileged(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-test.run=^TestApplyUnprivilegedChild$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), "IMGBUILD_APPLY_CHILD_DIR="+work, registrytest.RequireRootEnv+"=")
+	cmd = exec.Command(bin, "-test.run=^"+test+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), registrytest.RequireRootEnv+"=")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestApplyUnprivilegedChild") {
-		t.Fatalf("child as nobody: %v\n%s", err, out)
-	}
+	return cmd, work
 }
 
 func copyFile(src, dst string, mode os.FileMode) error {

@@ -175,32 +175,8 @@ func TestCopySnapshotterUnprivileged(t *testing.T) {
 		unprivilegedCopy(t, t.TempDir())
 		return
 	}
-	dir, err := os.MkdirTemp("", "imgbuild-snap-nobody")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "layers.test")
-	if err := copyFile(exe, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	work := filepath.Join(dir, "work")
-	if err := os.Mkdir(work, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(work, 65534, 65534); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-test.run=^TestCopySnapshotterUnprivileged$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), registrytest.RequireRootEnv+"=", "TMPDIR="+work)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd, work := nobodyTestCmd(t, "imgbuild-snap-nobody", "TestCopySnapshotterUnprivileged")
+	cmd.Env = append(cmd.Env, "TMPDIR="+work)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS: TestCopySnapshotterUnprivileged") {
 		t.Fatalf("child as nobody: %v\n%s", err, out)
