@@ -17,7 +17,8 @@ import (
 type PruneReport struct {
 	Images int   // untagged images dropped from the index
 	Blobs  int   // blobs deleted
-	Bytes  int64 // bytes freed: deleted blobs and temporary files
+	Bytes  int64 // bytes freed: deleted blobs, extracted trees and temporary files
+	Trees  int   // extracted layer trees (Root()/layers) removed
 }
 
 // TempGrace is how long Prune leaves entries of Root()/tmp alone after
@@ -54,13 +55,19 @@ func (s *Store) Prune(ctx context.Context) (PruneReport, error) {
 	if err != nil {
 		return rep, fmt.Errorf("pruning: %w", err)
 	}
-	keep := map[v1.Hash]bool{}
+	keep, diffIDs := map[v1.Hash]bool{}, map[v1.Hash]bool{}
 	for _, d := range tagged {
-		if err := s.markReachable(keep, d.Digest); err != nil {
+		if err := s.markReachable(keep, diffIDs, d.Digest); err != nil {
 			return rep, fmt.Errorf("pruning: image %s: %w", d.Annotations[RefNameAnnotation], err)
 		}
 	}
 	if err := s.sweepBlobs(ctx, keep, &rep); err != nil {
+		return rep, fmt.Errorf("pruning: %w", err)
+	}
+	trees, n, err := s.pruneExtracted(ctx, func(h v1.Hash) bool { return diffIDs[h] })
+	rep.Trees += trees
+	rep.Bytes += n
+	if err != nil {
 		return rep, fmt.Errorf("pruning: %w", err)
 	}
 	// index.json is written through tmp/ under the index lock.
@@ -76,8 +83,8 @@ func (s *Store) Prune(ctx context.Context) (PruneReport, error) {
 }
 
 // markReachable adds manifest h and every blob it references (recursing
-// into indexes) to keep.
-func (s *Store) markReachable(keep map[v1.Hash]bool, h v1.Hash) error {
+// into indexes) to keep, and its images' layer diffIDs to diffIDs.
+func (s *Store) markReachable(keep, diffIDs map[v1.Hash]bool, h v1.Hash) error {
 	if keep[h] {
 		return nil
 	}
@@ -96,7 +103,7 @@ func (s *Store) markReachable(keep map[v1.Hash]bool, h v1.Hash) error {
 			return err
 		}
 		for _, d := range idx.Manifests {
-			if err := s.markReachable(keep, d.Digest); err != nil {
+			if err := s.markReachable(keep, diffIDs, d.Digest); err != nil {
 				return err
 			}
 		}
@@ -109,6 +116,17 @@ func (s *Store) markReachable(keep map[v1.Hash]bool, h v1.Hash) error {
 	keep[m.Config.Digest] = true
 	for _, l := range m.Layers {
 		keep[l.Digest] = true
+	}
+	rawCfg, err := s.readBlob(m.Config.Digest, m.Config.Size)
+	if err != nil {
+		return err
+	}
+	cfg, err := v1.ParseConfigFile(bytes.NewReader(rawCfg))
+	if err != nil {
+		return fmt.Errorf("config %s: %w", m.Config.Digest, err)
+	}
+	for _, d := range cfg.RootFS.DiffIDs {
+		diffIDs[d] = true
 	}
 	return nil
 }
