@@ -139,19 +139,7 @@ func TestApplyUnprivileged(t *testing.T) {
 // a work directory nobody owns. Root-only gating is switched off in it.
 func nobodyTestCmd(t *testing.T, prefix, test string) (cmd *exec.Cmd, work string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "layers.test")
-	if err := copyFile(exe, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, bin := testBinaryCopy(t, prefix)
 	work = filepath.Join(dir, "work")
 	if err := os.Mkdir(work, 0o755); err != nil {
 		t.Fatal(err)
@@ -166,6 +154,27 @@ func nobodyTestCmd(t *testing.T, prefix, test string) (cmd *exec.Cmd, work strin
 	cmd.Env = append(os.Environ(), registrytest.RequireRootEnv+"=")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	return cmd, work
+}
+
+// testBinaryCopy copies the running test binary into a new temporary
+// directory (removed at cleanup), for re-running tests as another user or in
+// another namespace, and returns the directory and the copy.
+func testBinaryCopy(t *testing.T, prefix string) (dir, bin string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin = filepath.Join(dir, "layers.test")
+	if err := copyFile(exe, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, bin
 }
 
 func copyFile(src, dst string, mode os.FileMode) error {

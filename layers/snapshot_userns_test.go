@@ -28,19 +28,7 @@ const usernsBase = 100000
 
 func TestSnapshotUserNamespace(t *testing.T) {
 	registrytest.RequireRoot(t)
-	dir, err := os.MkdirTemp("", "imgbuild-snap-userns")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "layers.test")
-	if err := copyFile(exe, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, bin := testBinaryCopy(t, "imgbuild-snap-userns")
 	store := filepath.Join(dir, "store")
 	if err := os.Mkdir(store, 0o755); err != nil {
 		t.Fatal(err)
