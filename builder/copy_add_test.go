@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,35 +57,28 @@ func fooTar(t testing.TB) []byte {
 }
 
 func gzipOf(t testing.TB, b []byte) []byte {
-	var buf bytes.Buffer
-	w := gzip.NewWriter(&buf)
-	w.Write(b)
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return compressWith(t, b, func(w io.Writer) (io.WriteCloser, error) { return gzip.NewWriter(w), nil })
 }
 
 func xzOf(t testing.TB, b []byte) []byte {
-	var buf bytes.Buffer
-	w, err := xz.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(b)
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return compressWith(t, b, func(w io.Writer) (io.WriteCloser, error) { return xz.NewWriter(w) })
 }
 
 func zstdOf(t testing.TB, b []byte) []byte {
+	return compressWith(t, b, func(w io.Writer) (io.WriteCloser, error) { return zstd.NewWriter(w) })
+}
+
+// compressWith compresses b with the writer newWriter makes.
+func compressWith(t testing.TB, b []byte, newWriter func(io.Writer) (io.WriteCloser, error)) []byte {
+	t.Helper()
 	var buf bytes.Buffer
-	w, err := zstd.NewWriter(&buf)
+	w, err := newWriter(&buf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Write(b)
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
