@@ -84,26 +84,26 @@ func (anonymous) Resolve(authn.Resource) (authn.Authenticator, error) { return a
 
 // failN answers the first n requests matching method and pathRE with status.
 func failN(n int, status int, method, pathRE string) func(http.ResponseWriter, *http.Request, http.Handler) bool {
-	re := regexp.MustCompile(pathRE)
-	var mu sync.Mutex
-	return func(w http.ResponseWriter, r *http.Request, _ http.Handler) bool {
-		if r.Method != method || !re.MatchString(r.URL.Path) {
-			return false
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if n == 0 {
-			return false
-		}
-		n--
+	return firstN(n, method, pathRE, func(w http.ResponseWriter) {
 		writeRegistryError(w, status, "UNAVAILABLE", "injected failure")
-		return true
-	}
+	})
 }
 
 // dropN closes the connection without an answer for the first n requests
 // matching method and pathRE, as a flaky network does.
 func dropN(n int, method, pathRE string) func(http.ResponseWriter, *http.Request, http.Handler) bool {
+	return firstN(n, method, pathRE, func(w http.ResponseWriter) {
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			panic(err)
+		}
+		conn.Close()
+	})
+}
+
+// firstN answers the first n requests matching method and pathRE with act;
+// later ones, and others, go on to the registry.
+func firstN(n int, method, pathRE string, act func(http.ResponseWriter)) func(http.ResponseWriter, *http.Request, http.Handler) bool {
 	re := regexp.MustCompile(pathRE)
 	var mu sync.Mutex
 	return func(w http.ResponseWriter, r *http.Request, _ http.Handler) bool {
@@ -116,11 +116,7 @@ func dropN(n int, method, pathRE string) func(http.ResponseWriter, *http.Request
 			return false
 		}
 		n--
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			panic(err)
-		}
-		conn.Close()
+		act(w)
 		return true
 	}
 }
