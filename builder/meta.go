@@ -7,10 +7,10 @@ import (
 	"path"
 	"slices"
 	"strings"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
 )
 
 // dispatch applies one expanded instruction to the stage.
@@ -103,7 +103,7 @@ func (r *stageRun) arg(cmd *instructions.ArgCommand) error {
 		switch {
 		case hasValue:
 		case kv.Value != nil:
-			v, _, err := r.lex.ProcessWord(*kv.Value, envGetter(r.runEnv))
+			v, _, err := r.lex.ProcessWord(*kv.Value, shell.EnvsFromSlice(r.runEnv))
 			if err != nil {
 				return err
 			}
@@ -168,4 +168,3 @@ func (r *stageRun) resolveWorkdir(p string) string {
 	return path.Join(wd, p)
 }
 
-var _ = time.Second

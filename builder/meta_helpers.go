@@ -16,13 +16,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func envGetter(env []string) shell.EnvGetter { return shell.EnvsFromSlice(env) }
-
 // expose records EXPOSE ports as "port/proto", expanding ranges as BuildKit.
 func (r *stageRun) expose(c *instructions.ExposeCommand) error {
 	var ports []string
 	for _, p := range c.Ports {
-		words, err := r.lex.ProcessWords(p, envGetter(r.runEnv))
+		words, err := r.lex.ProcessWords(p, shell.EnvsFromSlice(r.runEnv))
 		if err != nil {
 			return err
 		}
