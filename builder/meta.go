@@ -167,4 +167,3 @@ func (r *stageRun) resolveWorkdir(p string) string {
 	}
 	return path.Join(wd, p)
 }
-
