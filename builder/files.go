@@ -193,12 +193,9 @@ func (r *stageRun) workdir(ctx context.Context, c *instructions.WorkdirCommand) 
 		r.history(msg, false)
 		return nil
 	}
-	uid, gid := 0, 0
-	if u := r.cfg.Config.User; u != "" {
-		var err error
-		if uid, gid, err = userIDs(r.rootfs, u); err != nil {
-			return err
-		}
+	uid, gid, err := lookupChown(r.rootfs, r.cfg.Config.User) // "" is 0:0
+	if err != nil {
+		return err
 	}
 	created, err := mkdirAllInRoot(r.rootfs, wd, uid, gid, r.b.epoch)
 	if err != nil {

@@ -92,12 +92,6 @@ func validateSignal(s string) error {
 	return nil
 }
 
-// userIDs resolves a USER value ("name", "uid", "name:group", ...) against
-// the rootfs's /etc/passwd and /etc/group.
-func userIDs(root, spec string) (int, int, error) {
-	return lookupChown(root, spec)
-}
-
 // mkdirAllInRoot creates dir (absolute, inside root) and its missing parents
 // with mode 0755 owned by uid:gid, resolving symlinks inside root. It returns
 // the created entries relative to root.
