@@ -161,9 +161,5 @@ func (r *stageRun) resolveWorkdir(p string) string {
 	if path.IsAbs(p) {
 		return path.Clean(p)
 	}
-	wd := r.cfg.Config.WorkingDir
-	if wd == "" {
-		wd = "/"
-	}
-	return path.Join(wd, p)
+	return path.Join(r.workdirOrRoot(), p)
 }
