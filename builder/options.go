@@ -9,6 +9,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/imgbuild/imgbuild/builder/run"
 	"github.com/imgbuild/imgbuild/layers"
 	"github.com/imgbuild/imgbuild/registry"
 )
@@ -53,6 +54,22 @@ type Options struct {
 	Outputs []Output
 	// Stdout receives outputs whose Dest is "-"; nil makes such outputs an error.
 	Stdout io.Writer
+
+	// Network is the network of RUN steps that do not set --network:
+	// "default" ("" is the same) and "host" use the host's network, as
+	// docker build does; "none" gives each step only a loopback interface.
+	Network string
+	// Snapshotter is the kind of layers.Snapshotter the stage filesystems
+	// use: "auto" ("" is the same), "overlay" or "copy" (see
+	// layers.NewSnapshotter).
+	Snapshotter string
+	// Memory and PidsLimit limit each RUN step (bytes, tasks); 0 is no
+	// limit. See run.Spec.
+	Memory, PidsLimit int64
+	// Executor runs RUN steps; nil means run.New with its state directory
+	// in Store. A program using the default must call run.Init first
+	// thing in main (see the package documentation).
+	Executor run.Executor
 }
 
 // Result is a successful build.
