@@ -6,9 +6,16 @@ package main
 import (
 	"context"
 	"os"
+
+	sandbox "github.com/imgbuild/imgbuild/builder/run"
 )
 
 func main() {
+	// The RUN sandbox re-executes this program as its init: in that mode
+	// Init runs the init and exits, before anything else happens.
+	if sandbox.Init() {
+		return
+	}
 	ctx, stop := signalContext(context.Background(), os.Stderr)
 	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
 	stop()

@@ -10,11 +10,17 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	sandbox "github.com/imgbuild/imgbuild/builder/run"
 )
 
-// TestMain turns the test binary into the helper process of TestSignals
-// when IMGBUILD_SIGNAL_HELPER=1.
+// TestMain makes the test binary the RUN sandbox init when an Executor
+// re-executes it (as main does), the helper process of TestSignals when
+// IMGBUILD_SIGNAL_HELPER=1.
 func TestMain(m *testing.M) {
+	if sandbox.Init() {
+		return
+	}
 	if os.Getenv("IMGBUILD_SIGNAL_HELPER") == "1" {
 		signalHelper()
 		return
