@@ -25,7 +25,7 @@ func buildCommand(s *streams) *cli.Command {
 		Description: "CONTEXT is a directory, or - to read a tar stream of the context from stdin.\n" +
 			"The image digest (sha256:...) is printed on stdout; progress goes to stderr.\n" +
 			"SOURCE_DATE_EPOCH in the environment (seconds) clamps every timestamp.",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "tag", Aliases: []string{"t"}, Usage: "name and tag the image (`NAME[:TAG]`, repeatable)"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "Dockerfile `PATH` (- reads stdin; default CONTEXT/Dockerfile)"},
 			&cli.StringSliceFlag{Name: "build-arg", Usage: "set a build argument (`K=V`, repeatable; K alone takes it from the environment)"},
@@ -43,7 +43,7 @@ func buildCommand(s *streams) *cli.Command {
 			&cli.StringFlag{Name: "compression", Value: "gzip", Usage: "layer compression `CODEC`: gzip, zstd or uncompressed"},
 			&cli.IntFlag{Name: "compression-level", Usage: "compression `LEVEL`: 1-9 for gzip, 1-22 for zstd", DefaultText: "the compressor's"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "do not use the build cache"},
-		},
+		}, runFlags()...),
 		Action: func(c *cli.Context) error { return buildAction(c, s) },
 	}
 }
@@ -110,6 +110,9 @@ func buildOptions(c *cli.Context, s *streams) (*buildConfig, error) {
 	}
 	if o.SourceDateEpoch, err = sourceDateEpoch(s.lookupEnv); err != nil {
 		return nil, usagef(c, "%v", err)
+	}
+	if err := runOptions(c, s, o); err != nil {
+		return nil, err
 	}
 	return cfg, nil
 }

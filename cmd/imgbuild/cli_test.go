@@ -66,6 +66,16 @@ func TestUsageErrors(t *testing.T) {
 		{"label without name", nil, []string{"build", "--label", "=x", "."}, "empty name"},
 		{"remote context", nil, []string{"build", "https://example.invalid/repo.git"}, "not supported yet"},
 		{"bad SOURCE_DATE_EPOCH", map[string]string{"SOURCE_DATE_EPOCH": "yesterday"}, []string{"build", "."}, "invalid SOURCE_DATE_EPOCH"},
+		{"bad network", nil, []string{"build", "--network", "bridge", "."}, `invalid --network "bridge": want default, host or none`},
+		{"bad snapshotter", nil, []string{"build", "--snapshotter", "btrfs", "."}, `invalid --snapshotter "btrfs": want auto, overlay or copy`},
+		{"bad snapshotter in env", map[string]string{snapshotterEnv: "zfs"}, []string{"build", "."}, `invalid IMGBUILD_SNAPSHOTTER "zfs" in the environment: want auto, overlay or copy`},
+		{"bad memory", nil, []string{"build", "--memory", "lots", "."}, `invalid --memory "lots": want BYTES`},
+		{"negative memory", nil, []string{"build", "-m", "-1", "."}, `invalid --memory "-1"`},
+		{"memory below minimum", nil, []string{"build", "--memory", "4m", "."}, "--memory 4m is below the minimum 6m"},
+		{"memory of one byte", nil, []string{"build", "--memory=1", "."}, "--memory 1 is below the minimum 6m"},
+		{"bad pids limit", nil, []string{"build", "--pids-limit", "many", "."}, `invalid --pids-limit "many"`},
+		{"negative pids limit", nil, []string{"build", "--pids-limit", "-2", "."}, `invalid --pids-limit "-2"`},
+		{"pids limit below minimum", nil, []string{"build", "--pids-limit", "15", "."}, "--pids-limit 15 is below the minimum 16"},
 		{"images with argument", nil, []string{"images", "x"}, "accepts no arguments"},
 		{"images bad format", nil, []string{"images", "--format", "yaml"}, `invalid --format "yaml"`},
 		{"inspect without ref", nil, []string{"inspect"}, "requires exactly 1"},
@@ -142,7 +152,7 @@ func TestBuildOptions(t *testing.T) {
 			"--insecure-registry", "localhost:5000", "--insecure-registry", "h",
 			"--compression", "zstd", "--compression-level", "19", "--no-cache",
 			"-f", "ctx/Dockerfile.prod", "--iidfile", "iid", "--metadata-file", "meta.json",
-			"--progress", "json", "ctx"},
+			"--progress", "json", "--network", "none", "--snapshotter", "copy", "-m", "512m", "--pids-limit", "100", "ctx"},
 		want: buildConfig{
 			opts: builder.Options{
 				ContextDir: "ctx", Dockerfile: "ctx/Dockerfile.prod",
@@ -153,6 +163,7 @@ func TestBuildOptions(t *testing.T) {
 				SourceDateEpoch: &epoch,
 				Layer:           layers.LayerOptions{Compression: layers.Zstd, Level: 19},
 				Registry:        registry.Options{Insecure: []string{"localhost:5000", "h"}},
+				Network:         "none", Snapshotter: "copy", Memory: 512 << 20, PidsLimit: 100,
 			},
 			outputs: []builder.Output{
 				{Type: "oci", Dest: "out"},
@@ -165,7 +176,8 @@ func TestBuildOptions(t *testing.T) {
 		name: "defaults, build as the default command, flags after the context",
 		args: []string{"ctx", "-t", "app", "-q"},
 		want: buildConfig{
-			opts:     builder.Options{ContextDir: "ctx", Tags: []string{"app"}, Layer: layers.LayerOptions{Compression: layers.Gzip}},
+			opts: builder.Options{ContextDir: "ctx", Tags: []string{"app"}, Layer: layers.LayerOptions{Compression: layers.Gzip},
+				Network: "default", Snapshotter: "auto"},
 			quiet:    true,
 			progress: "plain",
 		},
@@ -174,7 +186,8 @@ func TestBuildOptions(t *testing.T) {
 		stdin: stdin,
 		args:  []string{"build", "-f", "-", "--progress=plain", "ctx"},
 		want: buildConfig{
-			opts:     builder.Options{ContextDir: "ctx", DockerfileContent: []byte("FROM scratch\n"), Layer: layers.LayerOptions{Compression: layers.Gzip}},
+			opts: builder.Options{ContextDir: "ctx", DockerfileContent: []byte("FROM scratch\n"), Layer: layers.LayerOptions{Compression: layers.Gzip},
+				Network: "default", Snapshotter: "auto"},
 			progress: "plain",
 		},
 	}, {
@@ -182,7 +195,8 @@ func TestBuildOptions(t *testing.T) {
 		stdin: stdin,
 		args:  []string{"-", "--push", "-o", "type=registry,name=x:1", "--compression=uncompressed"},
 		want: buildConfig{
-			opts:     builder.Options{ContextTar: stdin, Layer: layers.LayerOptions{Compression: layers.Uncompressed}},
+			opts: builder.Options{ContextTar: stdin, Layer: layers.LayerOptions{Compression: layers.Uncompressed},
+				Network: "default", Snapshotter: "auto"},
 			outputs:  []builder.Output{{Type: "registry", Attrs: map[string]string{"name": "x:1"}}},
 			progress: "plain",
 		},
@@ -190,8 +204,43 @@ func TestBuildOptions(t *testing.T) {
 		name: "output shorthands",
 		args: []string{"build", "-o", "rootfs", "-o", "-", "."},
 		want: buildConfig{
-			opts:     builder.Options{ContextDir: ".", Layer: layers.LayerOptions{Compression: layers.Gzip}},
+			opts: builder.Options{ContextDir: ".", Layer: layers.LayerOptions{Compression: layers.Gzip},
+				Network: "default", Snapshotter: "auto"},
 			outputs:  []builder.Output{{Type: "local", Dest: "rootfs"}, {Type: "tar", Dest: "-"}},
+			progress: "plain",
+		},
+	}, {
+		name: "RUN limits at their minimums, network host",
+		args: []string{"--memory=6m", "--pids-limit=16", "--network=host", "--snapshotter=overlay", "."},
+		want: buildConfig{
+			opts: builder.Options{ContextDir: ".", Layer: layers.LayerOptions{Compression: layers.Gzip},
+				Network: "host", Snapshotter: "overlay", Memory: 6 << 20, PidsLimit: 16},
+			progress: "plain",
+		},
+	}, {
+		name: "docker's no-limit forms; the snapshotter from the environment",
+		env:  map[string]string{snapshotterEnv: "copy"},
+		args: []string{"--memory", "0", "--pids-limit", "-1", "."},
+		want: buildConfig{
+			opts: builder.Options{ContextDir: ".", Layer: layers.LayerOptions{Compression: layers.Gzip},
+				Network: "default", Snapshotter: "copy"},
+			progress: "plain",
+		},
+	}, {
+		name: "--snapshotter wins over the environment; memory in plain bytes and with a unit",
+		env:  map[string]string{snapshotterEnv: "copy"},
+		args: []string{"--snapshotter", "auto", "--memory", "1073741824", "--pids-limit", "0", "."},
+		want: buildConfig{
+			opts: builder.Options{ContextDir: ".", Layer: layers.LayerOptions{Compression: layers.Gzip},
+				Network: "default", Snapshotter: "auto", Memory: 1 << 30},
+			progress: "plain",
+		},
+	}, {
+		name: "memory with a spelled-out unit",
+		args: []string{"-m", "1.5GiB", "."},
+		want: buildConfig{
+			opts: builder.Options{ContextDir: ".", Layer: layers.LayerOptions{Compression: layers.Gzip},
+				Network: "default", Snapshotter: "auto", Memory: 3 << 29},
 			progress: "plain",
 		},
 	}}
@@ -327,7 +376,8 @@ func TestHelp(t *testing.T) {
 	_, stdout, _ := runCLI(t, "", "build", "--help")
 	for _, flag := range []string{"--tag NAME[:TAG], -t NAME[:TAG]", "--file", "--build-arg", "--target", "--label", "--platform", "--push",
 		"--output", "--insecure-registry", "--root", "--iidfile", "--metadata-file", "--quiet", "--progress",
-		"--compression", "--compression-level", "--no-cache", "auto is plain"} {
+		"--compression", "--compression-level", "--no-cache", "auto is plain",
+		"--network MODE", "--snapshotter KIND", "$IMGBUILD_SNAPSHOTTER", "--memory BYTES, -m BYTES", "--pids-limit N"} {
 		if !strings.Contains(stdout, flag) {
 			t.Errorf("build --help lacks %q", flag)
 		}
