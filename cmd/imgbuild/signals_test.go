@@ -16,7 +16,8 @@ import (
 
 // TestMain makes the test binary the RUN sandbox init when an Executor
 // re-executes it (as main does), the helper process of TestSignals when
-// IMGBUILD_SIGNAL_HELPER=1.
+// IMGBUILD_SIGNAL_HELPER=1, and imgbuild itself (main, with os.Args) when
+// mainEnv is 1.
 func TestMain(m *testing.M) {
 	if sandbox.Init() {
 		return
@@ -25,8 +26,17 @@ func TestMain(m *testing.M) {
 		signalHelper()
 		return
 	}
+	if os.Getenv(mainEnv) == "1" {
+		os.Unsetenv(mainEnv)
+		main()
+		return
+	}
 	os.Exit(m.Run())
 }
+
+// mainEnv makes the test binary run main: tests start it as a subprocess
+// (imgbuildCommand) to signal or kill a real imgbuild process.
+const mainEnv = "IMGBUILD_TEST_MAIN"
 
 // signalHelper waits on signalContext and says what happens.
 func signalHelper() {

@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/imgbuild/imgbuild/registry/registrytest"
+)
+
+// exitDeadline is how soon imgbuild must exit after SIGINT or SIGTERM
+// during a RUN (the issue's requirement).
+const exitDeadline = 5 * time.Second
+
+// runBuild is an imgbuild subprocess building a Dockerfile whose RUN step
+// sleeps for a duration unique to the test, so that its processes can be
+// told from any other.
+type runBuild struct {
+	cmd    *exec.Cmd
+	root   string
+	marker string // "sleep <seconds>", in the command line of the step's processes
+	exited chan struct{}
+	err    error // of cmd.Wait, once exited is closed
+
+	mu     sync.Mutex
+	stderr bytes.Buffer
+	events []jsonEvent
+}
+
+// startRunBuild starts `imgbuild build --progress=json -t x` of
+// `FROM base` + `RUN sleep N` with state directory root, and waits until
+// the sleep runs.
+func startRunBuild(t *testing.T, root, host, base string) *runBuild {
+	t.Helper()
+	secs := strconv.Itoa(100000 + rand.IntN(800000))
+	ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN sleep " + secs + "\n"})
+	b := &runBuild{root: root, marker: "sleep " + secs, exited: make(chan struct{})}
+	b.cmd = imgbuildCommand("--root", root, "build", "--progress=json", "--insecure-registry", host, "-t", "x", ctxDir)
+	stderr, err := b.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		b.cmd.Process.Kill()
+		<-b.exited
+	})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var ev jsonEvent
+			b.mu.Lock()
+			b.stderr.Write(append(sc.Bytes(), '\n'))
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				b.events = append(b.events, ev)
+			}
+			b.mu.Unlock()
+		}
+		b.err = b.cmd.Wait()
+		close(b.exited)
+	}()
+	b.waitFor(t, 60*time.Second, "the RUN step's running event", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, ev := range b.events {
+			if strings.HasPrefix(ev.Instruction, "RUN ") && ev.Status == "running" {
+				return true
+			}
+		}
+		return false
+	})
+	b.waitFor(t, 20*time.Second, "the process "+b.marker, func() bool {
+		return len(markedProcs(t, b.marker, false)) > 0
+	})
+	return b
+}
+
+// imgbuildCommand runs the test binary as imgbuild with args.
+func imgbuildCommand(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), mainEnv+"=1")
+	return cmd
+}
+
+// waitFor polls cond until it holds, failing t after timeout or when the
+// build exits first.
+func (b *runBuild) waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		select {
+		case <-b.exited:
+			t.Fatalf("imgbuild exited (%v) before %s; stderr:\n%s", b.err, what, b.stderrText())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after %v; stderr:\n%s", what, timeout, b.stderrText())
+		}
+	}
+}
+
+func (b *runBuild) stderrText() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.stderr.String()
+}
+
+// markedProcs returns "pid: cmdline" of the processes whose command line
+// contains marker and, when sameExe is set, those other than this one that
+// run this test binary (imgbuild subprocesses and sandbox inits, the test
+// binary re-executed).
+func markedProcs(t *testing.T, marker string, sameExe bool) []string {
+	t.Helper()
+	self, err := os.Stat("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(raw) == 0 {
+			continue // gone, or a zombie
+		}
+		cmdline := strings.TrimSpace(string(bytes.ReplaceAll(raw, []byte{0}, []byte{' '})))
+		exe, err := os.Stat(filepath.Join("/proc", e.Name(), "exe"))
+		if strings.Contains(cmdline, marker) || (sameExe && err == nil && os.SameFile(exe, self)) {
+			found = append(found, fmt.Sprintf("%d: %s", pid, cmdline))
+		}
+	}
+	return found
+}
+
+// mountsUnder returns the mount points at or below dir in this process's
+// mount namespace (imgbuild mounts its snapshots in its caller's).
+func mountsUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+			found = append(found, f[4])
+		}
+	}
+	return found
+}
+
+// scratchDirs are the directories of a state directory that hold only
+// what running builds use.
+var scratchDirs = []string{"snapshots", "tmp", "run"}
+
+// leftovers returns the entries of root's scratch directories (hidden lock
+// files aside) and the mounts below root.
+func leftovers(t *testing.T, root string) []string {
+	t.Helper()
+	var found []string
+	for _, d := range scratchDirs {
+		ents, err := os.ReadDir(filepath.Join(root, d))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if !strings.HasPrefix(e.Name(), ".") {
+				found = append(found, filepath.Join(d, e.Name()))
+			}
+		}
+	}
+	for _, m := range mountsUnder(t, root) {
+		found = append(found, "mount "+m)
+	}
+	return found
+}
+
+// taggedX reports whether the store at root lists the tag x.
+func taggedX(t *testing.T, root string) bool {
+	t.Helper()
+	code, stdout, stderr := runCLI(t, "", "--root", root, "images", "--format", "json")
+	if code != 0 {
+		t.Fatalf("imgbuild images: exit %d: %s", code, stderr)
+	}
+	dec := json.NewDecoder(strings.NewReader(stdout))
+	for dec.More() {
+		var im imageLine
+		if err := dec.Decode(&im); err != nil {
+			t.Fatalf("imgbuild images: %v: %s", err, stdout)
+		}
+		if im.Repository == "x" || strings.HasSuffix(im.Repository, "/x") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRunInterrupted sends SIGINT or SIGTERM to imgbuild while a RUN step
+// runs: imgbuild exits by itself within exitDeadline with a non-zero status,
+// tags nothing, and leaves no process, mount or scratch directory.
+func TestRunInterrupted(t *testing.T) {
+	registrytest.RequireRoot(t)
+	host := registrytest.Start(t)
+	base := registrytest.PushBusybox(t, host)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			root := t.TempDir()
+			b := startRunBuild(t, root, host, base)
+			sent := time.Now()
+			if err := b.cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-b.exited:
+			case <-time.After(exitDeadline):
+				t.Fatalf("imgbuild still running %v after %v; stderr:\n%s", exitDeadline, sig, b.stderrText())
+			}
+			t.Logf("exited %v after %v: %v", time.Since(sent).Round(time.Millisecond), sig, b.err)
+			var ee *exec.ExitError
+			if !errors.As(b.err, &ee) || ee.ExitCode() <= 0 {
+				t.Errorf("after %v: %v, want a non-zero exit status (imgbuild exiting by itself); stderr:\n%s", sig, b.err, b.stderrText())
+			}
+			if p := markedProcs(t, b.marker, true); len(p) > 0 {
+				t.Errorf("processes left after imgbuild exited: %q", p)
+			}
+			if l := leftovers(t, root); len(l) > 0 {
+				t.Errorf("left in the state directory after imgbuild exited: %q", l)
+			}
+			if taggedX(t, root) {
+				t.Error("the interrupted build tagged x")
+			}
+		})
+	}
+}
+
+// TestRunKilled kills imgbuild with SIGKILL while a RUN step runs: the
+// step's processes die with it (the sandbox init has a parent-death signal
+// and is pid 1 of its namespace), and the next imgbuild (prune, or a build
+// with a RUN step) on the same state directory removes the mounts and
+// scratch directories it left.
+func TestRunKilled(t *testing.T) {
+	registrytest.RequireRoot(t)
+	host := registrytest.Start(t)
+	base := registrytest.PushBusybox(t, host)
+	next := []struct {
+		name string
+		run  func(t *testing.T, root string)
+	}{
+		{"then prune", func(t *testing.T, root string) {
+			if code, _, stderr := runCLI(t, "", "--root", root, "prune"); code != 0 {
+				t.Fatalf("imgbuild prune: exit %d: %s", code, stderr)
+			}
+		}},
+		{"then build", func(t *testing.T, root string) {
+			ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN true\n"})
+			code, _, stderr := runCLI(t, "", "--root", root, "build", "-q", "--insecure-registry", host, ctxDir)
+			if code != 0 {
+				t.Fatalf("imgbuild build: exit %d: %s", code, stderr)
+			}
+		}},
+	}
+	for _, tt := range next {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			b := startRunBuild(t, root, host, base)
+			if err := b.cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			<-b.exited
+			killed := time.Now()
+			var procs []string
+			for {
+				if procs = markedProcs(t, b.marker, true); len(procs) == 0 || time.Since(killed) > exitDeadline {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if len(procs) > 0 {
+				t.Errorf("processes alive %v after imgbuild was killed: %q", exitDeadline, procs)
+			} else {
+				t.Logf("the step's processes were gone %v after the kill", time.Since(killed).Round(time.Millisecond))
+			}
+			t.Logf("left by the killed imgbuild: %q", leftovers(t, root))
+			tt.run(t, root)
+			if l := leftovers(t, root); len(l) > 0 {
+				t.Errorf("still left after %s: %q", tt.name, l)
+			}
+			if taggedX(t, root) {
+				t.Error("the killed build tagged x")
+			}
+		})
+	}
+}
