@@ -14,6 +14,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/imgbuild/imgbuild/builder/dockerfile"
+	"github.com/imgbuild/imgbuild/builder/run"
+	"github.com/imgbuild/imgbuild/layers"
 	"github.com/imgbuild/imgbuild/registry"
 )
 
@@ -35,6 +37,11 @@ type build struct {
 	progressMu sync.Mutex
 	imagesMu   sync.Mutex
 	images     map[string]*stageResult // COPY --from=<image>, by reference
+
+	snap     layers.Snapshotter // the stages' filesystems
+	execOnce sync.Once          // creates exec on the first RUN
+	exec     run.Executor
+	execErr  error
 }
 
 // Build builds the Dockerfile in opts and stores the result in opts.Store,
@@ -46,6 +53,11 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	target, err := parsePlatform(opts.Platform)
 	if err != nil {
 		return nil, err
+	}
+	switch opts.Network {
+	case "", "default", "host", "none":
+	default:
+		return nil, fmt.Errorf("unknown network mode %q (want default, host or none)", opts.Network)
 	}
 	release, err := opts.Store.Lease(ctx)
 	if err != nil {
@@ -59,11 +71,17 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	// Stages run in goroutines: when Build returns (a failed stage, a
 	// cancelled ctx), the others are cancelled and waited for before their
 	// directories go.
+	snap, err := layers.NewSnapshotter(ctx, opts.Store, opts.Snapshotter, layers.SnapshotOptions{NoChown: os.Geteuid() != 0})
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	var stages sync.WaitGroup
 	defer func() {
 		cancel()
 		stages.Wait()
+		snap.Close()
 		os.RemoveAll(tmp)
 	}()
 
@@ -83,7 +101,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	b := &build{opts: opts, bctx: bctx, plan: p, target: target, now: time.Now().UTC(), tmp: tmp,
-		images: map[string]*stageResult{}, stages: &stages, cancel: cancel}
+		images: map[string]*stageResult{}, stages: &stages, cancel: cancel, snap: snap}
 	if b.epoch, err = sourceDateEpoch(&opts, p); err != nil {
 		return nil, err
 	}
@@ -181,4 +199,15 @@ func (b *build) firstError(err error) error {
 		return b.failed
 	}
 	return err
+}
+
+// executor is Options.Executor, or the default sandbox with its state in
+// the store, created on first use.
+func (b *build) executor() (run.Executor, error) {
+	b.execOnce.Do(func() {
+		if b.exec = b.opts.Executor; b.exec == nil {
+			b.exec, b.execErr = run.New(run.Options{StateDir: filepath.Join(b.opts.Store.Root(), "run")})
+		}
+	})
+	return b.exec, b.execErr
 }

@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
@@ -34,7 +35,12 @@ func (r *stageRun) copy(ctx context.Context, c *instructions.CopyCommand) error 
 		if err != nil {
 			return fmt.Errorf("--from=%s: %w", c.From, err)
 		}
-		op.SrcRoot = res.rootfs
+		view, err := r.b.snap.Prepare(ctx, res.layers)
+		if err != nil {
+			return fmt.Errorf("--from=%s: %w", c.From, err)
+		}
+		defer r.b.snap.Release(context.WithoutCancel(ctx), view)
+		op.SrcRoot = view.Dir
 		op.Context = nil
 	}
 	return r.commitCopy(ctx, op, c.Link, copyHistory("COPY", c.SourcesAndDest, c.Parents, c.Chown, c.Chmod))
@@ -58,8 +64,8 @@ func (r *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 func (r *stageRun) copyOp(sd instructions.SourcesAndDest, chown, chmod string, excludes []string) copyOp {
 	op := copyOp{
 		Context: r.b.bctx, Sources: sd.SourcePaths, Dest: sd.DestPath,
-		Workdir: r.workdirOrRoot(), DestRoot: r.rootfs, UserRoot: r.rootfs,
-		Chown: chown, Chmod: chmod, Excludes: excludes, SourceDateEpoch: r.b.epoch,
+		Workdir: r.workdirOrRoot(),
+		Chown:   chown, Chmod: chmod, Excludes: excludes, SourceDateEpoch: r.b.epoch,
 	}
 	for _, h := range sd.SourceContents {
 		op.Heredocs = append(op.Heredocs, heredocSource{Name: h.Path, Data: []byte(h.Data)})
@@ -68,50 +74,39 @@ func (r *stageRun) copyOp(sd instructions.SourcesAndDest, chown, chmod string, e
 }
 
 // commitCopy performs op and commits its changes as one layer. With --link
-// the files are written into an empty directory first, so the layer does not
-// depend on the stage's filesystem, then applied on top of it.
+// the files are written into an empty directory first, so that the layer
+// does not depend on the stage's filesystem.
 func (r *stageRun) commitCopy(ctx context.Context, op copyOp, link bool, msg string) error {
-	if link {
-		if chownByName(op.Chown) {
-			return fmt.Errorf("--chown=%s: user and group names can't be resolved when used with --link, use numeric uid[:gid] instead", op.Chown)
-		}
-		dir, err := os.MkdirTemp(r.b.tmp, "link-")
-		if err != nil {
+	msg += " # buildkit"
+	if !link {
+		return r.withMount(ctx, msg, func(root string) error {
+			op.DestRoot, op.UserRoot = root, root
+			_, err := copyFiles(ctx, op)
 			return err
-		}
-		defer os.RemoveAll(dir)
-		if err := os.Chmod(dir, 0o755); err != nil {
-			return err
-		}
-		op.DestRoot = dir
-		if _, err := copyFiles(ctx, op); err != nil {
-			return err
-		}
-		l, err := r.writeLayer(ctx, dir, nil)
-		if err != nil {
-			return err
-		}
-		if err := applyLayer(ctx, r.rootfs, l); err != nil {
-			return err
-		}
-		r.addLayer(l, msg)
-		return nil
+		})
 	}
+	if chownByName(op.Chown) {
+		return fmt.Errorf("--chown=%s: user and group names can't be resolved when used with --link, use numeric uid[:gid] instead", op.Chown)
+	}
+	dir, err := os.MkdirTemp(r.b.tmp, "link-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	op.DestRoot = dir
 	changed, err := copyFiles(ctx, op)
 	if err != nil {
 		return err
 	}
-	return r.commitPaths(ctx, changed, msg)
-}
-
-// commitPaths writes the given rootfs entries (and their parents) as a layer;
-// no entries means an empty history entry and no layer.
-func (r *stageRun) commitPaths(ctx context.Context, changed []string, msg string) error {
-	if len(changed) == 0 {
-		r.history(msg, false)
-		return nil
-	}
-	l, err := r.writeLayer(ctx, r.rootfs, changed)
+	l, err := r.b.opts.Store.WriteLayer(ctx, func(w io.Writer) error {
+		if len(changed) == 0 {
+			return tar.NewWriter(w).Close()
+		}
+		return layers.WriteTar(ctx, w, dir, layers.TarOptions{Paths: changed, SourceDateEpoch: r.b.epoch})
+	}, r.b.opts.Layer)
 	if err != nil {
 		return err
 	}
@@ -119,15 +114,37 @@ func (r *stageRun) commitPaths(ctx context.Context, changed []string, msg string
 	return nil
 }
 
-func (r *stageRun) writeLayer(ctx context.Context, root string, paths []string) (v1.Layer, error) {
-	return r.b.opts.Store.WriteLayer(ctx, func(w io.Writer) error {
-		return layers.WriteTar(ctx, w, root, layers.TarOptions{Paths: paths, SourceDateEpoch: r.b.epoch})
-	}, r.b.opts.Layer)
+// withMount runs fn on a writable view of the stage's filesystem and
+// commits what it changed as the step's layer, with history createdBy. No
+// change makes an empty layer (a tar of no entries), as BuildKit's.
+func (r *stageRun) withMount(ctx context.Context, msg string, fn func(root string) error) error {
+	snap := r.b.snap
+	m, err := snap.Prepare(ctx, r.layers)
+	if err != nil {
+		return err
+	}
+	defer snap.Release(context.WithoutCancel(ctx), m)
+	if err := fn(m.Dir); err != nil {
+		return err
+	}
+	l, err := snap.Commit(ctx, m, layers.CommitOptions{Layer: r.b.opts.Layer, SourceDateEpoch: r.b.epoch})
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		if l, err = r.b.opts.Store.WriteLayer(ctx, func(w io.Writer) error {
+			return tar.NewWriter(w).Close()
+		}, r.b.opts.Layer); err != nil {
+			return err
+		}
+	}
+	r.addLayer(l, msg)
+	return nil
 }
 
-func (r *stageRun) addLayer(l v1.Layer, msg string) {
+func (r *stageRun) addLayer(l v1.Layer, createdBy string) {
 	r.layers = append(r.layers, l)
-	r.history(msg+" # buildkit", true)
+	r.history(createdBy, true)
 }
 
 // copyHistory is BuildKit's history text for COPY and ADD.
@@ -166,7 +183,7 @@ func chownByName(s string) bool {
 	return false
 }
 
-// fromImage materializes an image named by COPY --from, once per build.
+// fromImage resolves an image named by COPY --from, once per build.
 func (b *build) fromImage(ctx context.Context, ref string, plat v1.Platform) (*stageResult, error) {
 	b.imagesMu.Lock()
 	defer b.imagesMu.Unlock()
@@ -175,9 +192,6 @@ func (b *build) fromImage(ctx context.Context, ref string, plat v1.Platform) (*s
 	}
 	res, err := b.image(ctx, ref, plat)
 	if err != nil {
-		return nil, err
-	}
-	if res.rootfs, err = b.materialize(ctx, res.layers); err != nil {
 		return nil, err
 	}
 	b.images[ref] = res
@@ -193,15 +207,14 @@ func (r *stageRun) workdir(ctx context.Context, c *instructions.WorkdirCommand) 
 		r.history(msg, false)
 		return nil
 	}
-	uid, gid, err := lookupChown(r.rootfs, r.cfg.Config.User) // "" is 0:0
-	if err != nil {
+	return r.withMount(ctx, msg, func(root string) error {
+		uid, gid, err := lookupChown(root, r.cfg.Config.User) // "" is 0:0
+		if err != nil {
+			return err
+		}
+		_, err = mkdirAllInRoot(root, wd, uid, gid, r.b.epoch)
 		return err
-	}
-	created, err := mkdirAllInRoot(r.rootfs, wd, uid, gid, r.b.epoch)
-	if err != nil {
-		return err
-	}
-	return r.commitPaths(ctx, created, msg)
+	})
 }
 
 func (r *stageRun) workdirOrRoot() string {

@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -14,7 +12,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/imgbuild/imgbuild/layers"
 	"github.com/imgbuild/imgbuild/registry"
 )
 
@@ -89,40 +86,6 @@ func (b *build) image(ctx context.Context, ref string, plat v1.Platform) (*stage
 		p = v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
 	}
 	return &stageResult{cfg: cfg, layers: ls, platform: p, startInterval: si}, nil
-}
-
-// materialize extracts layers, in order, into a fresh directory.
-func (b *build) materialize(ctx context.Context, ls []v1.Layer) (string, error) {
-	dir, err := os.MkdirTemp(b.tmp, "rootfs-")
-	if err != nil {
-		return "", err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return "", err
-	}
-	for _, l := range ls {
-		if err := applyLayer(ctx, dir, l); err != nil {
-			return "", err
-		}
-	}
-	return dir, nil
-}
-
-func applyLayer(ctx context.Context, dir string, l v1.Layer) error {
-	rc, err := l.Uncompressed()
-	if err != nil {
-		return fmt.Errorf("opening layer: %w", err)
-	}
-	defer rc.Close()
-	if err := layers.Apply(ctx, dir, rc, layers.ApplyOptions{NoChown: os.Geteuid() != 0}); err != nil {
-		d, _ := l.Digest()
-		return fmt.Errorf("extracting layer %s: %w", d, err)
-	}
-	// Read to EOF so the blob's digest is verified.
-	if _, err := io.Copy(io.Discard, rc); err != nil {
-		return fmt.Errorf("reading layer: %w", err)
-	}
-	return nil
 }
 
 // finish assembles the target stage into an image, stores and tags it, and

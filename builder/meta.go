@@ -88,7 +88,7 @@ func (r *stageRun) dispatch(ctx context.Context, cmd instructions.Command) error
 	case *instructions.AddCommand:
 		return r.add(ctx, cmd)
 	case *instructions.RunCommand:
-		return errors.New("RUN is not supported yet")
+		return r.run(ctx, cmd)
 	default:
 		return fmt.Errorf("instruction %s is not supported yet", strings.ToUpper(cmd.Name()))
 	}
@@ -112,6 +112,7 @@ func (r *stageRun) arg(cmd *instructions.ArgCommand) error {
 			val, hasValue = getEnv(r.b.plan.globalArgs, kv.Key)
 		}
 		msg := kv.Key
+		r.args = append(r.args, argValue{Key: kv.Key, Value: val})
 		if hasValue {
 			r.runEnv = setEnv(r.runEnv, kv.Key, val)
 			msg += "=" + val

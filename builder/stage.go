@@ -20,8 +20,8 @@ import (
 type stageResult struct {
 	cfg      *v1.ConfigFile
 	layers   []v1.Layer
-	rootfs   string   // materialized filesystem, read-only once the stage is done
-	runEnv   []string // ENV plus ARG values in scope, inherited by FROM <stage>
+	runEnv   []string   // ENV plus ARG values in scope, inherited by FROM <stage>
+	args     []argValue // ARGs declared in scope, for RUN's history
 	platform v1.Platform
 	// startInterval is HEALTHCHECK --start-interval, which go-containerregistry's
 	// config type does not carry; it is written into the final config.
@@ -35,10 +35,11 @@ type stageRun struct {
 	lex    *shell.Lex
 	cfg    *v1.ConfigFile
 	layers []v1.Layer
-	rootfs string
 	runEnv []string
+	args   []argValue
 	plat   v1.Platform
-	cmdSet bool // CMD given in this stage (ENTRYPOINT then keeps it)
+	cmdSet bool  // CMD given in this stage (ENTRYPOINT then keeps it)
+	ev     Event // the running step's, for its output
 
 	startInterval time.Duration
 }
@@ -57,11 +58,9 @@ func (b *build) runStage(ctx context.Context, st *stage) (*stageResult, error) {
 	r.cfg = cloneConfig(base.cfg)
 	r.layers = append([]v1.Layer(nil), base.layers...)
 	r.runEnv = append([]string(nil), base.runEnv...)
+	r.args = append([]argValue(nil), base.args...)
 	r.plat = base.platform
 	r.startInterval = base.startInterval
-	if r.rootfs, err = b.materialize(ctx, r.layers); err != nil {
-		return nil, err
-	}
 	if _, ok := getEnv(r.cfg.Config.Env, "PATH"); !ok {
 		r.cfg.Config.Env = append(r.cfg.Config.Env, "PATH="+defaultPath)
 	}
@@ -81,7 +80,7 @@ func (b *build) runStage(ctx context.Context, st *stage) (*stageResult, error) {
 			return nil, err
 		}
 	}
-	return &stageResult{cfg: r.cfg, layers: r.layers, rootfs: r.rootfs, runEnv: r.runEnv,
+	return &stageResult{cfg: r.cfg, layers: r.layers, runEnv: r.runEnv, args: r.args,
 		platform: r.plat, startInterval: r.startInterval}, nil
 }
 
@@ -115,6 +114,7 @@ func (r *stageRun) step(ctx context.Context, cmd instructions.Command, prefix st
 	text := prefix + commandText(cmd)
 	ev := Event{Step: int(b.step.Add(1)), Total: b.plan.steps, Stage: r.st.label(), Instruction: text, Started: time.Now()}
 	b.progress(ev)
+	r.ev = ev
 	err := r.expand(cmd)
 	if err == nil {
 		err = r.dispatch(ctx, cmd)

@@ -84,6 +84,7 @@ type Mount struct {
 	lease    func()
 	scratch  *scratchDir
 	upper    string      // overlay upperdir
+	lowers   []string    // overlay lowerdirs, lowest first
 	work     string      // overlay workdir
 	mounted  bool        // overlay: Dir is mounted
 	snap     []snapEntry // copy: metadata of Dir as prepared
@@ -378,6 +379,7 @@ type snapEntry struct {
 	mode                uint32 // type and permission bits
 	uid, gid            uint32
 	ino, rdev           uint64
+	nlink               uint32
 	size                int64
 	mtime, ctime, btime int64
 }
@@ -385,9 +387,17 @@ type snapEntry struct {
 func (e *snapEntry) isDir() bool { return e.mode&unix.S_IFMT == unix.S_IFDIR }
 
 // same reports whether nothing the snapshot records differs.
+// A ctime that moved with the link count only is a link added or removed
+// elsewhere, not a change of this name (BuildKit's differs ignore ctimes).
 func (e *snapEntry) same(o *snapEntry) bool {
 	return e.mode == o.mode && e.uid == o.uid && e.gid == o.gid && e.ino == o.ino &&
-		e.rdev == o.rdev && e.size == o.size && e.mtime == o.mtime && e.ctime == o.ctime
+		e.rdev == o.rdev && e.size == o.size && e.mtime == o.mtime &&
+		(e.ctime == o.ctime || e.nlink != o.nlink)
+}
+
+// sameDir reports whether directory o has e's mode and owner.
+func (e *snapEntry) sameDir(o *snapEntry) bool {
+	return e.mode == o.mode && e.uid == o.uid && e.gid == o.gid
 }
 
 // recreated reports whether directory o is not directory e any more.

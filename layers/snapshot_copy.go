@@ -223,7 +223,7 @@ func walkDir(ctx context.Context, dfd int, rel string, out *[]snapEntry) error {
 		}
 		e := snapEntry{
 			path: p, mode: uint32(sx.Mode), uid: sx.Uid, gid: sx.Gid, ino: sx.Ino,
-			rdev: unix.Mkdev(sx.Rdev_major, sx.Rdev_minor), size: int64(sx.Size),
+			rdev: unix.Mkdev(sx.Rdev_major, sx.Rdev_minor), size: int64(sx.Size), nlink: sx.Nlink,
 			mtime: nanos(sx.Mtime), ctime: nanos(sx.Ctime),
 		}
 		if sx.Mask&unix.STATX_BTIME != 0 {
@@ -309,8 +309,10 @@ func diffSnapshots(old, cur []snapEntry) []change {
 		case n.isDir() && (!o.isDir() || o.recreated(n)):
 			add(j-1, true)
 		case n.isDir():
+			// As BuildKit's differ: a directory whose mode and owner are
+			// unchanged is written only as the parent of other changes.
 			kept[n.path] = true
-			if !o.same(n) {
+			if !o.sameDir(n) {
 				add(j-1, false)
 			}
 		case !o.same(n):
@@ -371,6 +373,9 @@ func settleChanges(root string, cur []snapEntry, changes []change, epoch *time.T
 			settled[c.idx] = cur[c.idx].mode&unix.S_IFMT == unix.S_IFSOCK
 		}
 	}
+	if err := splitLinks(root, cur, settled); err != nil {
+		return nil, err
+	}
 	// Sockets first: removing them changes their directory's times.
 	for _, sockets := range []bool{true, false} {
 		for idx, socket := range settled {
@@ -398,10 +403,60 @@ func settleChanges(root string, cur []snapEntry, changes []change, epoch *time.T
 				return nil, fmt.Errorf("statx %s: %w", p, err)
 			}
 			e.mtime, e.ctime, e.size = nanos(sx.Mtime), nanos(sx.Ctime), int64(sx.Size)
+			e.ino, e.nlink = sx.Ino, sx.Nlink
 		}
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// splitLinks gives the written names of a hard-linked file their own inode
+// when other names of it were not written: extracting the layer does not
+// link them to the names below, so the parked tree must not either.
+func splitLinks(root string, cur []snapEntry, written map[int]bool) error {
+	byIno := map[uint64][]int{}
+	for i := range cur {
+		if cur[i].mode&unix.S_IFMT == unix.S_IFREG && cur[i].nlink > 1 {
+			byIno[cur[i].ino] = append(byIno[cur[i].ino], i)
+		}
+	}
+	for _, names := range byIno {
+		var w []int
+		for _, i := range names {
+			if _, ok := written[i]; ok {
+				w = append(w, i)
+			}
+		}
+		if len(w) == 0 || len(w) == len(names) {
+			continue
+		}
+		first := filepath.Join(root, cur[w[0]].path)
+		if err := copyOver(first); err != nil {
+			return err
+		}
+		for _, i := range w[1:] {
+			p := filepath.Join(root, cur[i].path)
+			tmp := p + ".imgbuild-link"
+			if err := os.Link(first, tmp); err != nil {
+				return err
+			}
+			if err := os.Rename(tmp, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// copyOver replaces the file p by a copy of itself (content, mode, owner,
+// xattrs and times), a new inode.
+func copyOver(p string) error {
+	tmp := p + ".imgbuild-copy"
+	if err := copyRegular(p, tmp); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, p)
 }
 
 // waitPastCtimes waits until the clock is past the newest ctime of snap by

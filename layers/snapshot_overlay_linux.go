@@ -158,6 +158,7 @@ func (o *overlaySnapshotter) prepare(ctx context.Context, m *Mount, parent []v1.
 	if err := mountOverlay(lowers, m.upper, m.work, m.Dir, o.userxattr); err != nil {
 		return err
 	}
+	m.lowers = lowers
 	m.mounted = true
 	return nil
 }
@@ -220,10 +221,13 @@ func (o *overlaySnapshotter) Commit(ctx context.Context, m *Mount, opts CommitOp
 		}
 		m.mounted = false
 	}
+	prefix := o.xattrPrefix()
+	if err := pruneUpper(ctx, m.upper, m.lowers, prefix); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
 	if names, err := readDirNames(unix.AT_FDCWD, m.upper); err != nil || len(names) == 0 {
 		return nil, err
 	}
-	prefix := o.xattrPrefix()
 	l, err := o.store.WriteLayer(ctx, func(w io.Writer) error {
 		return WriteTar(ctx, w, m.upper, TarOptions{
 			Overlay:            true,

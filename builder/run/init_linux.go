@@ -43,6 +43,7 @@ type initConfig struct {
 	Sys       string      //
 	Dev       string      //
 	Files     []fileMount // read-only bind mounts of the run's /etc files
+	Scripts   []Script    // written into /dev/pipes
 }
 
 type fileMount struct {

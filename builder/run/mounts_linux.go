@@ -48,7 +48,7 @@ func setupRoot(cfg *initConfig) error {
 	if err := mountSys(root, cfg.Sys); err != nil {
 		return err
 	}
-	if err := mountDev(root, cfg.Dev); err != nil {
+	if err := mountDev(root, cfg.Dev, cfg.Scripts); err != nil {
 		return err
 	}
 	for _, f := range cfg.Files {
@@ -205,7 +205,7 @@ func maskPaths(dirfd int, paths []string) error {
 // mounts of empty files, so that it works in user namespaces; read-only,
 // so that chmod or chown cannot reach the host's inodes), the usual links,
 // a private devpts, /dev/shm and /dev/mqueue, as Docker's /dev.
-func mountDev(root int, rel string) error {
+func mountDev(root int, rel string, scripts []Script) error {
 	dev, err := mountAt(root, rel, true, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_STRICTATIME, "mode=755,size=65536k")
 	if err != nil {
 		return err
@@ -249,6 +249,36 @@ func mountDev(root int, rel string) error {
 			return err
 		}
 		unix.Close(fd)
+	}
+	return writeScripts(dev, scripts)
+}
+
+// writeScripts writes scripts into dev's pipes directory, mode 0755.
+func writeScripts(dev int, scripts []Script) error {
+	if len(scripts) == 0 {
+		return nil
+	}
+	if err := unix.Mkdirat(dev, "pipes", 0o755); err != nil {
+		return fmt.Errorf("/dev/pipes: %w", err)
+	}
+	dir, err := unix.Openat(dev, "pipes", unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("/dev/pipes: %w", err)
+	}
+	defer unix.Close(dir)
+	for _, sc := range scripts {
+		fd, err := unix.Openat(dir, sc.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o755)
+		if err != nil {
+			return fmt.Errorf("/dev/pipes/%s: %w", sc.Name, err)
+		}
+		_, werr := unix.Write(fd, sc.Data)
+		if werr == nil {
+			werr = unix.Fchmod(fd, 0o755)
+		}
+		unix.Close(fd)
+		if werr != nil {
+			return fmt.Errorf("/dev/pipes/%s: %w", sc.Name, werr)
+		}
 	}
 	return nil
 }

@@ -113,6 +113,7 @@ func (e *executor) Run(ctx context.Context, spec Spec) (err error) {
 		UID: spec.UID, GID: spec.GID, ExtraGIDs: spec.ExtraGIDs,
 		Hostname: spec.Hostname, NetNone: spec.Network == NetworkNone,
 		Proc: targets[0].Rel, Sys: targets[1].Rel, Dev: targets[2].Rel,
+		Scripts: spec.Scripts,
 	}
 	for i, src := range files {
 		cfg.Files = append(cfg.Files, fileMount{Source: src, Target: targets[3+i].Rel})

@@ -54,10 +54,20 @@ type Spec struct {
 	// Memory is the memory limit in bytes, the sandbox init's memory
 	// included; 0 is no limit, else at least MinMemory.
 	Memory int64
+	// Scripts are written, executable, into the sandbox's /dev/pipes (a
+	// tmpfs, never part of the root filesystem): BuildKit runs a heredoc
+	// with a #! line as /dev/pipes/NAME.
+	Scripts []Script
 	// PidsLimit is the maximum number of tasks (processes and threads),
 	// the sandbox init's (about 5 threads) included; 0 is no limit, else
 	// at least MinPidsLimit.
 	PidsLimit int64
+}
+
+// Script is a file of Spec.Scripts.
+type Script struct {
+	Name string // a plain file name
+	Data []byte
 }
 
 // Smallest non-zero limits of a Spec.
@@ -151,6 +161,11 @@ func normalize(spec *Spec) error {
 	}
 	if spec.Memory != 0 && spec.Memory < MinMemory {
 		return fmt.Errorf("memory limit %d bytes is below the minimum %d (6 MiB, as Docker's)", spec.Memory, MinMemory)
+	}
+	for _, sc := range spec.Scripts {
+		if sc.Name == "" || sc.Name == "." || sc.Name == ".." || strings.ContainsAny(sc.Name, "/\x00") {
+			return fmt.Errorf("invalid script name %q", sc.Name)
+		}
 	}
 	for _, g := range spec.ExtraGIDs {
 		if g < 0 {

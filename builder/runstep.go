@@ -1,0 +1,215 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+
+	"github.com/imgbuild/imgbuild/builder/run"
+)
+
+// sandboxHostname is the hostname RUN steps see, BuildKit's.
+const sandboxHostname = "buildkitsandbox"
+
+// argValue is an ARG declared in a stage's scope, as BuildKit records it
+// for RUN's history.
+type argValue struct {
+	Key, Value string
+}
+
+// run executes a RUN step in the sandbox on a writable view of the stage's
+// filesystem and commits what it changed.
+func (r *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
+	if err := checkRunFlags(c); err != nil {
+		return err
+	}
+	network, err := r.runNetwork(c)
+	if err != nil {
+		return err
+	}
+	args, scripts, err := r.runArgs(c)
+	if err != nil {
+		return err
+	}
+	exec, err := r.b.executor()
+	if err != nil {
+		return err
+	}
+	env := r.runProcessEnv()
+	msg := "RUN " + runCommandString(args, r.args, env) + " # buildkit"
+	out := newStepOutput(r.b, r.ev)
+	return r.withMount(ctx, msg, func(root string) error {
+		u, err := lookupUser(root, r.cfg.Config.User)
+		if err != nil {
+			return err
+		}
+		if _, ok := getEnv(env, "HOME"); !ok {
+			env = append(env, "HOME="+u.Home)
+		}
+		// The primary group is a supplementary group too, as BuildKit's
+		// ensureAdditionalGids (CVE-2023-25173).
+		groups := append([]int{u.GID}, slices.DeleteFunc(u.ExtraGIDs, func(g int) bool { return g == u.GID })...)
+		spec := run.Spec{
+			Rootfs: root, Args: args, Env: env, Cwd: r.workdirOrRoot(),
+			UID: u.UID, GID: u.GID, ExtraGIDs: groups,
+			Hostname: sandboxHostname, Network: network, Scripts: scripts,
+			Stdout: out, Stderr: out,
+			Memory: r.b.opts.Memory, PidsLimit: r.b.opts.PidsLimit,
+		}
+		err = exec.Run(ctx, spec)
+		out.flush()
+		var exitErr *run.ExitError
+		if errors.As(err, &exitErr) {
+			return &runError{err: exitErr, tail: out.tail()}
+		}
+		return err
+	})
+}
+
+// checkRunFlags fails for RUN flags imgbuild does not implement, rather than
+// ignoring them.
+func checkRunFlags(c *instructions.RunCommand) error {
+	if ms := instructions.GetMounts(c); len(ms) > 0 {
+		return fmt.Errorf("RUN --mount=type=%s is not supported yet", ms[0].Type)
+	}
+	if devs := instructions.GetDevices(c); len(devs) > 0 {
+		return fmt.Errorf("RUN --device is not supported")
+	}
+	if sec := instructions.GetSecurity(c); sec != "" && sec != instructions.SecuritySandbox {
+		return fmt.Errorf("RUN --security=%s is not supported: steps always run sandboxed", sec)
+	}
+	return nil
+}
+
+// runNetwork is the step's network: its --network flag, else the build's.
+func (r *stageRun) runNetwork(c *instructions.RunCommand) (string, error) {
+	mode := instructions.GetNetwork(c)
+	if mode == "" || mode == instructions.NetworkDefault {
+		mode = r.b.opts.Network
+	}
+	switch mode {
+	case "", instructions.NetworkDefault, instructions.NetworkHost:
+		return run.NetworkHost, nil
+	case instructions.NetworkNone:
+		return run.NetworkNone, nil
+	}
+	return "", fmt.Errorf("unknown network mode %q (want default, host or none)", mode)
+}
+
+// runArgs is the process's argv, as BuildKit's dispatchRun builds it: the
+// shell form goes through SHELL; a lone heredoc is the shell's script, or
+// with a #! line an executable file in /dev/pipes; other heredocs are
+// handed to the shell as written.
+func (r *stageRun) runArgs(c *instructions.RunCommand) ([]string, []run.Script, error) {
+	args := slices.Clone(c.CmdLine)
+	var scripts []run.Script
+	if len(c.Files) > 0 {
+		if len(args) != 1 || !c.PrependShell {
+			return nil, nil, fmt.Errorf("parsing produced an invalid run command: %v", args)
+		}
+		if h := parser.MustParseHeredoc(args[0]); h != nil {
+			data := c.Files[0].Data
+			if c.Files[0].Chomp {
+				data = parser.ChompHeredocContent(data)
+			}
+			if strings.HasPrefix(data, "#!") {
+				name := path.Base(c.Files[0].Name)
+				scripts = append(scripts, run.Script{Name: name, Data: []byte(data)})
+				return []string{"/dev/pipes/" + name}, scripts, nil
+			}
+			args = []string{data}
+		} else {
+			var b strings.Builder
+			b.WriteString(args[0])
+			for _, f := range c.Files {
+				b.WriteByte('\n')
+				b.WriteString(f.Data)
+				b.WriteString(f.Name)
+			}
+			args = []string{b.String()}
+		}
+	}
+	if c.PrependShell {
+		sh := slices.Clone(r.cfg.Config.Shell)
+		if len(sh) == 0 {
+			sh = []string{"/bin/sh", "-c"}
+		}
+		args = append(sh, strings.Join(args, " "))
+	}
+	if len(args) == 0 || args[0] == "" {
+		return nil, nil, errors.New("no command given")
+	}
+	return args, scripts, nil
+}
+
+// runProcessEnv is the environment of a RUN process: the stage's ENV and
+// ARGs in scope, plus proxy build args (declared or not, as BuildKit).
+func (r *stageRun) runProcessEnv() []string {
+	env := slices.Clone(r.runEnv)
+	for _, k := range slices.Sorted(maps.Keys(r.b.opts.BuildArgs)) {
+		if !isProxyArg(k) {
+			continue
+		}
+		v := r.b.opts.BuildArgs[k]
+		for _, name := range []string{strings.ToUpper(k), strings.ToLower(k)} {
+			if _, ok := getEnv(env, name); !ok {
+				env = append(env, name+"="+v)
+			}
+		}
+	}
+	return env
+}
+
+func isProxyArg(k string) bool {
+	switch strings.ToLower(k) {
+	case "http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy":
+		return true
+	}
+	return false
+}
+
+// runCommandString is BuildKit's history text of a RUN: "|N K=V ..." for
+// the N build args in scope, then argv.
+func runCommandString(args []string, buildArgs []argValue, env []string) string {
+	var kvs []string
+	idx := map[string]int{}
+	for _, a := range buildArgs {
+		v, ok := getEnv(env, a.Key)
+		if !ok {
+			v = a.Value
+		}
+		if i, ok := idx[a.Key]; ok {
+			kvs[i] = a.Key + "=" + v
+			continue
+		}
+		idx[a.Key] = len(kvs)
+		kvs = append(kvs, a.Key+"="+v)
+	}
+	if len(kvs) > 0 {
+		kvs = append([]string{fmt.Sprintf("|%d", len(kvs))}, kvs...)
+	}
+	return strings.Join(append(kvs, args...), " ")
+}
+
+// runError is a RUN step whose process failed: "exit status 2" followed by
+// the last lines of its output.
+type runError struct {
+	err  *run.ExitError
+	tail []string
+}
+
+func (e *runError) Error() string {
+	if len(e.tail) == 0 {
+		return e.err.Error()
+	}
+	return e.err.Error() + "\n" + strings.Join(e.tail, "\n")
+}
+
+func (e *runError) Unwrap() error { return e.err }
