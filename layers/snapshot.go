@@ -150,6 +150,23 @@ func NewSnapshotter(ctx context.Context, store *Store, kind string, opts Snapsho
 // emptyTarDiffID is the diffID of a tar with no entry (1024 zero bytes).
 const emptyTarDiffID = "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
 
+// nonEmpty drops the layers whose tar has no entries (BuildKit's empty
+// layers, e.g. of a RUN that changed nothing): they change no filesystem,
+// so a Prepare with or without them is the same view.
+func nonEmpty(ls []v1.Layer) ([]v1.Layer, error) {
+	out := make([]v1.Layer, 0, len(ls))
+	for _, l := range ls {
+		empty, err := isEmptyTar(l)
+		if err != nil {
+			return nil, err
+		}
+		if !empty {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
 // diffIDsOf returns the diffIDs of ls.
 func diffIDsOf(ls []v1.Layer) ([]v1.Hash, error) {
 	out := make([]v1.Hash, len(ls))

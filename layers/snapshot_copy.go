@@ -62,6 +62,10 @@ func newCopySnapshotter(store *Store, opts SnapshotOptions) (Snapshotter, error)
 func (c *copySnapshotter) Kind() string { return SnapshotterCopy }
 
 func (c *copySnapshotter) Prepare(ctx context.Context, parent []v1.Layer) (*Mount, error) {
+	parent, err := nonEmpty(parent)
+	if err != nil {
+		return nil, fmt.Errorf("preparing copy: %w", err)
+	}
 	ids, err := diffIDsOf(parent)
 	if err != nil {
 		return nil, fmt.Errorf("preparing copy: %w", err)
@@ -113,6 +117,9 @@ func (c *copySnapshotter) Commit(ctx context.Context, m *Mount, opts CommitOptio
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	changes := diffSnapshots(m.snap, cur)
+	if err := restoreDirTimes(m.Dir, m.snap, cur, changes); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
 	if len(changes) == 0 {
 		c.park(m, m.diffIDs, cur)
 		return nil, nil
@@ -408,6 +415,41 @@ func settleChanges(root string, cur []snapEntry, changes []change, epoch *time.T
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// restoreDirTimes resets the mtime of the directories that only their
+// entries' creation or removal touched and that the layer therefore does
+// not hold (see diffSnapshots), so that the parked tree is what extracting
+// the layers gives.
+func restoreDirTimes(root string, old, cur []snapEntry, changes []change) error {
+	written := make(map[string]bool, len(changes))
+	for _, c := range changes {
+		written[c.path] = true
+	}
+	before := make(map[string]*snapEntry)
+	for i := range old {
+		if old[i].isDir() {
+			before[old[i].path] = &old[i]
+		}
+	}
+	for j := range cur {
+		e := &cur[j]
+		o := before[e.path]
+		if !e.isDir() || written[e.path] || o == nil || o.mtime == e.mtime {
+			continue
+		}
+		p := filepath.Join(root, e.path)
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(o.mtime)}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("restoring times of %s: %w", p, err)
+		}
+		var sx unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &sx); err != nil {
+			return fmt.Errorf("statx %s: %w", p, err)
+		}
+		e.mtime, e.ctime = nanos(sx.Mtime), nanos(sx.Ctime)
+	}
+	return nil
 }
 
 // splitLinks gives the written names of a hard-linked file their own inode

@@ -113,6 +113,10 @@ func (o *overlaySnapshotter) probe(ctx context.Context) error {
 }
 
 func (o *overlaySnapshotter) Prepare(ctx context.Context, parent []v1.Layer) (*Mount, error) {
+	parent, err := nonEmpty(parent)
+	if err != nil {
+		return nil, fmt.Errorf("preparing overlay: %w", err)
+	}
 	ids, err := diffIDsOf(parent)
 	if err != nil {
 		return nil, fmt.Errorf("preparing overlay: %w", err)

@@ -124,6 +124,15 @@ func fileCases() []snapCase {
 			o.do(os.WriteFile(o.p("etc/hosts"), []byte("127.0.0.2 localhost\n"), 0o644))
 			o.do(os.Chtimes(o.p("etc/hosts"), testTime, testTime))
 		}),
+		// A file created and removed again (a RUN mount stub) changes only its
+		// directory's times: BuildKit's differ records nothing.
+		one("stub-created-and-removed", func(o fsOps) { o.write("etc/stub", "", 0o644); o.rm("etc/stub") }),
+		one("dir-created-and-removed", func(o fsOps) { o.mkdirs("data/sub/tmp"); o.rm("data/sub/tmp") }),
+		one("opened-for-write-unchanged", func(o fsOps) {
+			f, err := os.OpenFile(o.p("etc/passwd"), os.O_APPEND|os.O_WRONLY, 0)
+			o.do(err)
+			o.do(f.Close())
+		}),
 		one("delete-file", func(o fsOps) { o.rm("etc/group") }),
 		one("delete-dir", func(o fsOps) { o.rm("var/cache/apt") }),
 		one("delete-nested-then-parent", func(o fsOps) { o.rm("data/sub/z"); o.rm("data/sub") }),
