@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -249,5 +250,33 @@ func TestRunSnapshottersAgree(t *testing.T) {
 	}
 	if digests[0] != digests[1] {
 		t.Errorf("overlay built %s, copy built %s", digests[0], digests[1])
+	}
+}
+
+// TestRunManyLayers: 130 RUN steps give 131 layers, more than an overlay
+// mount takes as lowerdirs at once (128 by default: the bottom ones are
+// merged), and every step sees all earlier ones.
+func TestRunManyLayers(t *testing.T) {
+	var df strings.Builder
+	df.WriteString("FROM busybox\nRUN echo 0 > /n\n")
+	for i := 1; i < 130; i++ {
+		fmt.Fprintf(&df, "RUN echo $(( $(cat /n) + 1 )) > /n && touch /f%d\n", i)
+	}
+	res := rtBuild(t, df.String(), nil)
+	ls, err := res.Image.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 131 {
+		t.Errorf("%d layers, want 131", len(ls))
+	}
+	fs := btFlatten(t, res.Image)
+	if got := fs["n"].Content; got != "129\n" {
+		t.Errorf("/n = %q, want 129", got)
+	}
+	for _, p := range []string{"f1", "f64", "f129"} {
+		if _, ok := fs[p]; !ok {
+			t.Errorf("%s missing", p)
+		}
 	}
 }
