@@ -102,6 +102,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	}
 	b := &build{opts: opts, bctx: bctx, plan: p, target: target, now: time.Now().UTC(), tmp: tmp,
 		images: map[string]*stageResult{}, stages: &stages, cancel: cancel, snap: snap}
+	// Creating the sandbox executor cleans what runs of killed processes
+	// left; an error surfaces at the first RUN.
+	_, _ = b.executor()
 	if b.epoch, err = sourceDateEpoch(&opts, p); err != nil {
 		return nil, err
 	}

@@ -1,6 +1,21 @@
 // Package builder turns a Dockerfile and its build context into an image:
 // it parses the Dockerfile into a graph of stages, runs the steps the target
 // needs, and returns a go-containerregistry v1.Image stored in a local store.
+//
+// RUN steps run in a sandbox that is the program itself, re-executed as the
+// init of new namespaces. A program that calls Build must therefore call
+// run.Init (package github.com/imgbuild/imgbuild/builder/run) first thing
+// in main, and in TestMain for its tests:
+//
+//	func main() {
+//		if run.Init() {
+//			return // this process was the sandbox init; Init exits it
+//		}
+//		...
+//	}
+//
+// Without it, every RUN fails with an error that says so. Options.Executor
+// replaces the sandbox altogether.
 package builder
 
 import (

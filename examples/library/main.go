@@ -12,10 +12,16 @@ import (
 	"os/signal"
 
 	"github.com/imgbuild/imgbuild/builder"
+	"github.com/imgbuild/imgbuild/builder/run"
 	"github.com/imgbuild/imgbuild/layers"
 )
 
 func main() {
+	// RUN steps re-execute this program as their sandbox's init: this must
+	// come first.
+	if run.Init() {
+		return
+	}
 	root := flag.String("root", os.TempDir()+"/imgbuild-example", "store directory")
 	tag := flag.String("t", "example:latest", "tag for the built image")
 	flag.Parse()
@@ -25,13 +31,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *root, *tag, flag.Arg(0)); err != nil {
+	if err := build(ctx, *root, *tag, flag.Arg(0)); err != nil {
 		fmt.Fprintln(os.Stderr, "library:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, root, tag, contextDir string) error {
+func build(ctx context.Context, root, tag, contextDir string) error {
 	store, err := layers.OpenStore(ctx, root)
 	if err != nil {
 		return err
