@@ -45,11 +45,17 @@ func usagef(c *cli.Context, format string, args ...any) error {
 }
 
 // run runs the CLI with args (args[0] is the program name) and returns the
-// exit status.
+// exit status: 128+signal when it failed after a signal canceled ctx.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	s := &streams{stdin: stdin, stdout: stdout, stderr: stderr, lookupEnv: os.LookupEnv}
 	app := newApp(s)
 	err := app.RunContext(ctx, normalizeArgs(app, args))
+	var sig signalError
+	if err != nil && errors.As(context.Cause(ctx), &sig) {
+		// Canceled by SIGINT or SIGTERM: the error is only a consequence.
+		fmt.Fprintf(stderr, "imgbuild: %s\n", sig)
+		return sig.exitCode()
+	}
 	return exitCode(err, stderr)
 }
 
@@ -97,7 +103,8 @@ func newApp(s *streams) *cli.App {
 		UsageText: "imgbuild [build flags] CONTEXT   (same as: imgbuild build [flags] CONTEXT)\n" +
 			"imgbuild COMMAND [flags] [args]",
 		Description: "Every command accepts --root DIR (env IMGBUILD_ROOT), the state directory.\n" +
-			"Exit status: 0 success, 1 build or runtime error, 2 usage error.",
+			"Exit status: 0 success, 1 build or runtime error, 2 usage error, 130 or 143 canceled by SIGINT or SIGTERM\n" +
+			"(the first signal stops the build and cleans up; a second exits at once).",
 		Reader:                    s.stdin,
 		Writer:                    s.stdout,
 		ErrWriter:                 s.stderr,

@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -15,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/urfave/cli/v2"
 
+	sandbox "github.com/imgbuild/imgbuild/builder/run"
 	"github.com/imgbuild/imgbuild/layers"
 )
 
@@ -271,9 +275,25 @@ func pruneCommand(s *streams) *cli.Command {
 			if err != nil {
 				return fmt.Errorf("pruning: %w", err)
 			}
+			if err := cleanRunState(st.Root()); err != nil {
+				return fmt.Errorf("pruning: %w", err)
+			}
 			fmt.Fprintf(s.stdout, "Deleted %d blobs and %d untagged images, total reclaimed space: %s\n", rep.Blobs, rep.Images,
 				units.HumanSizeWithPrecision(float64(rep.Bytes), 3))
 			return nil
 		},
 	}
+}
+
+// cleanRunState removes the run directories and cgroups that RUN steps of
+// dead imgbuild processes (kill -9) left in the sandbox's state directory,
+// ROOT/run, where package builder's default Executor keeps it: run.New does
+// that cleaning, and leaves the directories of running steps alone.
+func cleanRunState(root string) error {
+	dir := filepath.Join(root, "run")
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	_, err := sandbox.New(sandbox.Options{StateDir: dir})
+	return err
 }

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/imgbuild/imgbuild/registry/registrytest"
 )
 
@@ -217,14 +219,15 @@ func taggedX(t *testing.T, root string) bool {
 }
 
 // TestRunInterrupted sends SIGINT or SIGTERM to imgbuild while a RUN step
-// runs: imgbuild exits by itself within exitDeadline with a non-zero status,
-// tags nothing, and leaves no process, mount or scratch directory.
+// runs: imgbuild exits by itself within exitDeadline with status
+// 128+signal, tags nothing, and leaves no process, mount or scratch
+// directory.
 func TestRunInterrupted(t *testing.T) {
 	registrytest.RequireRoot(t)
 	host := registrytest.Start(t)
 	base := registrytest.PushBusybox(t, host)
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
-		t.Run(sig.String(), func(t *testing.T) {
+		t.Run(unix.SignalName(sig), func(t *testing.T) {
 			root := t.TempDir()
 			b := startRunBuild(t, root, host, base)
 			sent := time.Now()
@@ -236,10 +239,14 @@ func TestRunInterrupted(t *testing.T) {
 			case <-time.After(exitDeadline):
 				t.Fatalf("imgbuild still running %v after %v; stderr:\n%s", exitDeadline, sig, b.stderrText())
 			}
-			t.Logf("exited %v after %v: %v", time.Since(sent).Round(time.Millisecond), sig, b.err)
+			errText := strings.TrimSpace(b.stderrText())
+			t.Logf("exited %v after %v: %v, %q", time.Since(sent).Round(time.Millisecond), sig, b.err, errText[strings.LastIndex(errText, "\n")+1:])
 			var ee *exec.ExitError
-			if !errors.As(b.err, &ee) || ee.ExitCode() <= 0 {
-				t.Errorf("after %v: %v, want a non-zero exit status (imgbuild exiting by itself); stderr:\n%s", sig, b.err, b.stderrText())
+			if !errors.As(b.err, &ee) || ee.ExitCode() != 128+int(sig) {
+				t.Errorf("after %v: %v, want exit status %d (imgbuild exiting by itself); stderr:\n%s", sig, b.err, 128+int(sig), b.stderrText())
+			}
+			if want := "\nimgbuild: canceled by " + unix.SignalName(sig); !strings.HasSuffix(errText, want) {
+				t.Errorf("stderr ends with %q, want %q", errText[strings.LastIndex(errText, "\n")+1:], want[1:])
 			}
 			if p := markedProcs(t, b.marker, true); len(p) > 0 {
 				t.Errorf("processes left after imgbuild exited: %q", p)
