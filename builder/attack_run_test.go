@@ -1,0 +1,504 @@
+package builder_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"golang.org/x/sys/unix"
+
+	"github.com/imgbuild/imgbuild/builder"
+	"github.com/imgbuild/imgbuild/layers"
+	"github.com/imgbuild/imgbuild/registry/registrytest"
+)
+
+// The attack tests run hostile Dockerfiles through builder.Build (the
+// issue's "Bad input") and check after every build that the host is
+// untouched: the test binary (the sandbox init) and the host's /dev/null
+// are unchanged, a host directory of sentinel files is unchanged, and
+// nothing is left behind (mounts, processes, cgroups, store scratch).
+
+// attackHost is what the attack tests watch on the host.
+type attackHost struct {
+	exe, exeSum string
+	null        unix.Stat_t
+	dir         string // host directory of sentinel files
+	sentinel    string // a sentinel file in dir
+	content     string // its content, which no build may see
+	secret      string // value of a variable of the test process's environment
+	mark        string // ENV value every RUN process carries, to find leftovers
+	listing     string // of dir
+	cgroups     []string
+}
+
+const (
+	attackSecretVar = "IMGBUILD_ATTACK_SECRET"
+	attackMarkVar   = "IMGBUILD_ATTACK_MARK"
+)
+
+func randomHex(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func newAttackHost(t *testing.T) *attackHost {
+	t.Helper()
+	registrytest.RequireRoot(t)
+	h := &attackHost{dir: t.TempDir(), secret: "secret-" + randomHex(t), mark: "mark-" + randomHex(t)}
+	h.sentinel = filepath.Join(h.dir, "sentinel")
+	h.content = "host-sentinel-" + randomHex(t) + "\n"
+	t.Setenv(attackSecretVar, h.secret)
+	var err error
+	if h.exe, err = os.Executable(); err != nil {
+		t.Fatal(err)
+	}
+	h.exeSum = sha256File(t, h.exe)
+	if err := unix.Stat("/dev/null", &h.null); err != nil {
+		t.Fatal(err)
+	}
+	if h.null.Mode != unix.S_IFCHR|0o666 {
+		t.Fatalf("host /dev/null has mode %o before the test, want a 0666 character device", h.null.Mode)
+	}
+	if err := os.WriteFile(h.sentinel, []byte(h.content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(h.dir, "sub"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.dir, "sub", "file"), []byte(h.content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.listing = treeListing(t, h.dir)
+	h.cgroups = runCgroupDirs(t)
+	return h
+}
+
+func sha256File(t *testing.T, p string) string {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s := sha256.New()
+	if _, err := io.Copy(s, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(s.Sum(nil))
+}
+
+// treeListing describes every entry below dir: type, mode, owner, size,
+// content, link target.
+func treeListing(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %o %d:%d %d", p, st.Mode, st.Uid, st.Gid, st.Size)
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(&b, " %q", data)
+		case unix.S_IFLNK:
+			l, _ := os.Readlink(p)
+			fmt.Fprintf(&b, " -> %s", l)
+		}
+		b.WriteByte('\n')
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// runCgroupDirs lists the run cgroups (imgbuild-*) of the sandbox on this
+// host: below this process's cgroups in the v1 memory and pids hierarchies,
+// or below /sys/fs/cgroup/imgbuild on v2.
+func runCgroupDirs(t *testing.T) []string {
+	t.Helper()
+	parents := []string{"/sys/fs/cgroup/imgbuild"}
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.SplitN(line, ":", 3); len(f) == 3 && (f[1] == "memory" || f[1] == "pids") {
+			parents = append(parents, filepath.Join("/sys/fs/cgroup", f[1], f[2]))
+		}
+	}
+	var dirs []string
+	for _, p := range parents {
+		ents, _ := os.ReadDir(p)
+		for _, e := range ents {
+			if e.IsDir() && (strings.HasPrefix(e.Name(), "imgbuild-") || strings.HasPrefix(e.Name(), "run-")) {
+				dirs = append(dirs, filepath.Join(p, e.Name()))
+			}
+		}
+	}
+	return dirs
+}
+
+// check fails t if the host or the store shows a trace of the build.
+func (h *attackHost) check(t *testing.T, st *layers.Store) {
+	t.Helper()
+	if sum := sha256File(t, h.exe); sum != h.exeSum {
+		t.Errorf("HOST CHANGED: the test binary %s has sha256 %s, was %s", h.exe, sum, h.exeSum)
+	}
+	var null unix.Stat_t
+	if err := unix.Stat("/dev/null", &null); err != nil {
+		t.Fatal(err)
+	}
+	if null.Mode != h.null.Mode || null.Rdev != h.null.Rdev || null.Uid != h.null.Uid || null.Gid != h.null.Gid {
+		t.Errorf("HOST CHANGED: /dev/null is mode %o rdev %d owner %d:%d, was %o %d %d:%d",
+			null.Mode, null.Rdev, null.Uid, null.Gid, h.null.Mode, h.null.Rdev, h.null.Uid, h.null.Gid)
+	}
+	if l := treeListing(t, h.dir); l != h.listing {
+		t.Errorf("HOST CHANGED: sentinel directory now:\n%s\nwas:\n%s", l, h.listing)
+	}
+	for _, m := range mountsBelow(t, st.Root(), h.dir) {
+		t.Errorf("mount left behind: %s", m)
+	}
+	if procs := processesWith(h.mark); len(procs) > 0 {
+		t.Errorf("processes of the build left behind: %v", procs)
+	}
+	if cg := runCgroupDirs(t); !slices.Equal(cg, h.cgroups) {
+		t.Errorf("run cgroups now %v, were %v", cg, h.cgroups)
+	}
+	for dir, allowed := range map[string]func(string) bool{
+		"tmp":       func(string) bool { return false },
+		"snapshots": func(n string) bool { return strings.HasPrefix(n, ".") },
+		"run":       func(string) bool { return false },
+	} {
+		ents, err := os.ReadDir(filepath.Join(st.Root(), dir))
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if !allowed(e.Name()) {
+				t.Errorf("left in the store: %s/%s", dir, e.Name())
+			}
+		}
+	}
+}
+
+// mountsBelow lists the mount points strictly below any of dirs.
+func mountsBelow(t *testing.T, dirs ...string) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 5 {
+			continue
+		}
+		mp := strings.ReplaceAll(f[4], `\040`, " ")
+		for _, d := range dirs {
+			if strings.HasPrefix(mp, d+"/") {
+				out = append(out, mp)
+			}
+		}
+	}
+	return out
+}
+
+// processesWith lists the live processes whose environment holds mark.
+func processesWith(mark string) []string {
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err == nil && bytes.Contains(env, []byte(mark)) {
+			comm, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+			out = append(out, e.Name()+" "+strings.TrimSpace(string(comm)))
+		}
+	}
+	return out
+}
+
+// attackBuild builds df (placeholders expanded, the mark ENV added after
+// its first line) on st and returns the result, the error and the step
+// output. The build does not use the cache.
+func (h *attackHost) build(t *testing.T, st *layers.Store, df string, mod func(*builder.Options)) (*builder.Result, error, string) {
+	t.Helper()
+	df = h.expand(df)
+	first, rest, _ := strings.Cut(df, "\n")
+	df = first + "\nENV " + attackMarkVar + "=" + h.mark + "\n" + rest
+	var log bytes.Buffer
+	opts := builder.Options{
+		ContextDir: btContext(t, map[string]string{"Dockerfile": df}), Store: st, NoCache: true,
+		Progress: func(ev builder.Event) { log.Write(ev.Log) },
+	}
+	if mod != nil {
+		mod(&opts)
+	}
+	res, err := builder.Build(context.Background(), opts)
+	return res, err, log.String()
+}
+
+func (h *attackHost) expand(s string) string {
+	return strings.NewReplacer("{{DIR}}", h.dir, "{{SENTINEL}}", h.sentinel, "{{SECRET}}", attackSecretVar).Replace(s)
+}
+
+// attackCase is one hostile Dockerfile and the outcome it must have.
+type attackCase struct {
+	name string
+	df   string
+	// wantErr is "" when the build must succeed (the attack contained),
+	// else a substring of its error (the build fails clearly).
+	wantErr string
+	wantLog []string // substrings of the steps' output
+	// emptyLayer: the last step's layer must have no entry (no mount stub
+	// or host path leaks into it).
+	emptyLayer bool
+	imageFiles map[string]string // path -> content in the built image
+}
+
+// run builds tc on st and checks its outcome, then the host.
+func (h *attackHost) run(t *testing.T, st *layers.Store, tc attackCase, mod func(*builder.Options)) {
+	t.Helper()
+	start := time.Now()
+	res, err, log := h.build(t, st, tc.df, mod)
+	t.Logf("%v: %v", time.Since(start).Round(time.Millisecond), err)
+	switch {
+	case tc.wantErr == "" && err != nil:
+		t.Errorf("build failed, want the attack contained and the build to succeed: %v\noutput:\n%s", err, log)
+	case tc.wantErr != "" && err == nil:
+		t.Errorf("build succeeded, want an error containing %q\noutput:\n%s", tc.wantErr, log)
+	case tc.wantErr != "" && !strings.Contains(err.Error(), tc.wantErr):
+		t.Errorf("error %q, want it to contain %q", err, tc.wantErr)
+	}
+	seen := log
+	if err != nil {
+		seen += "\n" + err.Error()
+	}
+	for _, w := range tc.wantLog {
+		if !strings.Contains(seen, h.expand(w)) {
+			t.Errorf("output lacks %q:\n%s", h.expand(w), seen)
+		}
+	}
+	for _, leak := range []string{h.secret, strings.TrimSpace(h.content)} {
+		if strings.Contains(seen, leak) {
+			t.Errorf("HOST LEAK: the build saw %q:\n%s", leak, seen)
+		}
+	}
+	if res != nil {
+		fs := btFlatten(t, res.Image)
+		for p, e := range fs {
+			if strings.Contains(e.Content, h.secret) || strings.Contains(e.Content, strings.TrimSpace(h.content)) {
+				t.Errorf("HOST LEAK: image file %s holds host data", p)
+			}
+		}
+		for p, want := range tc.imageFiles {
+			if fs[p].Content != want {
+				t.Errorf("image file %s = %q, want %q", p, fs[p].Content, want)
+			}
+		}
+		if names := lastLayerEntries(t, res.Image); tc.emptyLayer && len(names) > 0 {
+			t.Errorf("last layer has %v, want no entry", names)
+		}
+	}
+	h.check(t, st)
+}
+
+// TestAttackRunHost: RUN steps that go for the host through /proc, mounts,
+// devices or the working directory. BuildKit (runc) contains each of
+// these the same way: the init is not dumpable (runc's runc:[2:INIT] too,
+// since CVE-2019-5736), Docker's default capabilities lack CAP_SYS_ADMIN,
+// the root is pivoted, so the step sees EACCES, EPERM or ENOENT and fails.
+func TestAttackRunHost(t *testing.T) {
+	h := newAttackHost(t)
+	st := rtStore(t)
+	tests := []attackCase{
+		// /proc/self/exe is the step's own shell, a file of the image
+		// being busy: ETXTBSY, as under runc. Not the host binary.
+		{name: "write /proc/self/exe", df: "FROM busybox\nRUN echo x > /proc/self/exe\n",
+			wantErr: "exit status", wantLog: []string{"Text file busy"}},
+		// /proc/1/exe is the sandbox init, i.e. the host binary (the
+		// CVE-2019-5736 target): the init is not dumpable.
+		{name: "write /proc/1/exe", df: "FROM busybox\nRUN echo x > /proc/1/exe\n",
+			wantErr: "exit status 1", wantLog: []string{"Permission denied"}},
+		{name: "cp over /proc/1/exe", df: "FROM busybox\nRUN cp /bin/busybox /proc/1/exe\n",
+			wantErr: "exit status 1", wantLog: []string{"Permission denied"}},
+		{name: "read /proc/1/exe", df: "FROM busybox\nRUN cat /proc/1/exe > /stolen\n",
+			wantErr: "exit status 1", wantLog: []string{"Permission denied"}},
+		{name: "exec /proc/1/exe", df: "FROM busybox\nRUN /proc/1/exe\n",
+			wantErr: "exit status", wantLog: []string{"Permission denied"}},
+		// The init's root is the pivoted root anyway; the host's files are
+		// out of reach by any name.
+		{name: "list /proc/1/root", df: "FROM busybox\nRUN ls /proc/1/root/\n",
+			wantErr: "exit status 1", wantLog: []string{"Permission denied"}},
+		{name: "read the sentinel through /proc/1/root", df: "FROM busybox\nRUN cat /proc/1/root{{SENTINEL}}\n",
+			wantErr: "exit status 1", wantLog: []string{"Permission denied"}},
+		{name: "read the sentinel by any root", df: "FROM busybox\nRUN for r in / /proc/self/root/ /proc/*/root/ /proc/*/cwd/; do cat $r{{SENTINEL}} $r{{DIR}}/sub/file; done 2>&1; echo done\n",
+			wantLog: []string{"done\n"}},
+		// The step's parent is the init (pid 1 in the sandbox), whose
+		// environment holds only the init flag and which is not dumpable;
+		// the test process is not in the pid namespace.
+		{name: "read /proc/$PPID/environ", df: "FROM busybox\nRUN echo ppid=$PPID; cat /proc/$PPID/environ\n",
+			wantErr: "exit status 1", wantLog: []string{"ppid=1\n", "Permission denied"}},
+		{name: "sweep every environ", df: "FROM busybox\nRUN for f in /proc/[0-9]*/environ /proc/self/environ; do tr '\\0' '\\n' < $f; done 2>&1; env; echo ${{SECRET}}; echo done\n",
+			wantLog: []string{"done\n"}},
+		// No CAP_SYS_ADMIN (Docker's default set): every mount is EPERM.
+		{name: "remount /sys rw", df: "FROM busybox\nRUN mount -o remount,rw /sys\n",
+			wantErr: "exit status", wantLog: []string{"permission denied"}},
+		{name: "mount proc", df: "FROM busybox\nRUN mkdir -p /mnt && mount -t proc proc /mnt\n",
+			wantErr: "exit status", wantLog: []string{"permission denied"}},
+		{name: "bind mount", df: "FROM busybox\nRUN mkdir -p /mnt && mount --bind / /mnt\n",
+			wantErr: "exit status", wantLog: []string{"permission denied"}},
+		{name: "unmount /etc/hosts", df: "FROM busybox\nRUN umount /etc/hosts\n",
+			wantErr: "exit status", wantLog: []string{"Operation not permitted"}},
+		{name: "unmount /proc", df: "FROM busybox\nRUN umount -l /proc\n",
+			wantErr: "exit status", wantLog: []string{"Operation not permitted"}},
+		// /dev/null is a read-only bind mount of the host's node, so chmod
+		// fails (EROFS). runc makes a node of the container's own instead
+		// and chmod succeeds there: a difference, but a contained one.
+		{name: "chmod /dev/null", df: "FROM busybox\nRUN chmod 777 /dev/null\n",
+			wantErr: "exit status 1", wantLog: []string{"Read-only file system"}},
+		{name: "chown /dev/null", df: "FROM busybox\nRUN chown 1000 /dev/null\n",
+			wantErr: "exit status 1", wantLog: []string{"Read-only file system"}},
+		// mknod works (CAP_MKNOD is in the default set) but the root is
+		// nodev; runc's device cgroup denies the open instead.
+		{name: "mknod /dev/mem", df: "FROM busybox\nRUN mknod /mem c 1 1 && head -c 1 /mem\n",
+			wantErr: "exit status 1", wantLog: []string{"Permission denied"}},
+	}
+	// CVE-2024-21626: a working directory through an fd of the init. The
+	// WORKDIR step creates the directories in the image; the sandbox then
+	// refuses the working directory (runc: "possible container breakout
+	// detected").
+	for _, n := range []string{"3", "4", "5", "6", "7", "8"} {
+		tests = append(tests, attackCase{name: "WORKDIR /proc/self/fd/" + n,
+			df: "FROM busybox\nWORKDIR /proc/self/fd/" + n + "\nRUN pwd\n", wantErr: "working directory"})
+	}
+	// The init's own cwd is the new root: the step runs in "/", as under
+	// runc, whose init also chdirs before the exec.
+	tests = append(tests, attackCase{name: "WORKDIR /proc/1/cwd",
+		df: "FROM busybox\nWORKDIR /proc/1/cwd\nRUN pwd; ls\n", wantLog: []string{"/\n", "etc\n"}})
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { h.run(t, st, tc, nil) })
+	}
+}
+
+// symlinkImage stores the busybox image plus a layer of files as tag.
+func symlinkImage(t *testing.T, st *layers.Store, tag string, files []registrytest.File) {
+	t.Helper()
+	img, err := mutate.Append(registrytest.BusyboxImage(t), mutate.Addendum{
+		Layer:   registrytest.Layer(t, files),
+		History: v1.History{CreatedBy: "attack layer"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	dgst, err := st.PutImage(ctx, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Tag(ctx, tag, dgst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAttackRunSymlinkBase: base images whose sandbox mount points are
+// symlinks, to host paths or elsewhere. As runc (which resolves mount
+// destinations with securejoin in the root), the mounts land inside the
+// root, following the link as if the root were "/"; a target that
+// resolves to the root itself or into another mount fails the build.
+// The stubs made for them never reach a layer, and nothing is created on
+// the host.
+func TestAttackRunSymlinkBase(t *testing.T) {
+	h := newAttackHost(t)
+	passwd := btFlatten(t, registrytest.BusyboxImage(t))["etc/passwd"].Content
+	hostsOK := "grep buildkitsandbox /etc/hosts && (echo pwned > /etc/hosts || echo hosts-read-only)"
+	tests := []struct {
+		attackCase
+		files []registrytest.File
+	}{
+		{files: []registrytest.File{{Name: "proc", Link: "{{DIR}}/p"}}, attackCase: attackCase{
+			name: "/proc to a new host path", df: "FROM evil\nRUN test -r /proc/self/status && ls -d {{DIR}}/p/self && echo ok\n",
+			wantLog: []string{"ok\n"}, emptyLayer: true}},
+		{files: []registrytest.File{{Name: "proc", Link: "{{DIR}}"}}, attackCase: attackCase{
+			name: "/proc to the host sentinel directory", df: "FROM evil\nRUN test -r /proc/self/status && echo ok\n",
+			wantLog: []string{"ok\n"}, emptyLayer: true}},
+		{files: []registrytest.File{{Name: "proc", Link: "/proc"}}, attackCase: attackCase{
+			name: "/proc to itself", df: "FROM evil\nRUN true\n", wantErr: "too many levels of symbolic links"}},
+		{files: []registrytest.File{{Name: "sys", Link: "../../../../../../{{DIR}}/s"}}, attackCase: attackCase{
+			name: "/sys relative, escaping", df: "FROM evil\nRUN test -d /sys/class && echo ok\n",
+			wantLog: []string{"ok\n"}, emptyLayer: true}},
+		{files: []registrytest.File{{Name: "sys", Link: "/proc"}}, attackCase: attackCase{
+			name: "/sys into /proc", df: "FROM evil\nRUN true\n", wantErr: "inside the mount at /proc"}},
+		{files: []registrytest.File{{Name: "dev", Link: "/"}}, attackCase: attackCase{
+			name: "/dev to /", df: "FROM evil\nRUN true\n", wantErr: "mount target /dev resolves to the root directory"}},
+		{files: []registrytest.File{{Name: "dev", Link: "{{DIR}}"}}, attackCase: attackCase{
+			name: "/dev to the host sentinel directory", df: "FROM evil\nRUN echo x > /dev/null && test -c /dev/zero && echo ok\n",
+			wantLog: []string{"ok\n"}, emptyLayer: true}},
+		{files: []registrytest.File{{Name: "dev/null", Link: "{{SENTINEL}}"}}, attackCase: attackCase{
+			name: "/dev/null to the host sentinel", df: "FROM evil\nRUN echo pwned > /dev/null && test -c /dev/null && echo ok\n",
+			wantLog: []string{"ok\n"}, emptyLayer: true}},
+		{files: []registrytest.File{{Name: "etc/hosts", Link: "{{SENTINEL}}"}}, attackCase: attackCase{
+			name: "/etc/hosts to the host sentinel", df: "FROM evil\nRUN " + hostsOK + "\n",
+			wantLog: []string{"hosts-read-only\n"}, emptyLayer: true}},
+		{files: []registrytest.File{{Name: "etc/hosts", Link: "/etc/passwd"}}, attackCase: attackCase{
+			name: "/etc/hosts to /etc/passwd", df: "FROM evil\nRUN " + hostsOK + "\n",
+			wantLog: []string{"hosts-read-only\n"}, emptyLayer: true, imageFiles: map[string]string{"etc/passwd": passwd}}},
+		{files: []registrytest.File{{Name: "etc/resolv.conf", Link: "{{SENTINEL}}"}}, attackCase: attackCase{
+			name: "/etc/resolv.conf to the host sentinel", df: "FROM evil\nRUN cat /etc/resolv.conf; echo pwned > /etc/resolv.conf || echo resolv-read-only\n",
+			wantLog: []string{"resolv-read-only\n"}, emptyLayer: true}},
+		{files: []registrytest.File{{Name: "etc/hostname", Link: "{{DIR}}/sub/file"}}, attackCase: attackCase{
+			name: "/etc/hostname to a host file", df: "FROM evil\nRUN cat /etc/hostname\n",
+			wantLog: []string{"buildkitsandbox\n"}, emptyLayer: true}},
+		// With /etc a link to a host directory, the image has no passwd:
+		// USER app is unknown rather than read from the host.
+		{files: []registrytest.File{{Name: "etc", Link: "{{DIR}}"}}, attackCase: attackCase{
+			name: "/etc to the host sentinel directory", df: "FROM evil\nRUN cat /etc/hosts /etc/sentinel 2>&1; ls /etc\n",
+			wantLog: []string{"buildkitsandbox", "No such file", "hosts\n"}, emptyLayer: true}},
+		{files: []registrytest.File{{Name: "etc", Link: "{{DIR}}"}}, attackCase: attackCase{
+			name: "USER read through /etc to a host directory", df: "FROM evil\nUSER app\nRUN id\n",
+			wantErr: "unable to find user app"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := rtStore(t)
+			files := slices.Clone(tc.files)
+			for i := range files {
+				files[i].Link = h.expand(files[i].Link)
+			}
+			symlinkImage(t, st, "evil", files)
+			h.run(t, st, tc.attackCase, nil)
+		})
+	}
+}
