@@ -122,9 +122,10 @@ func (r *stageRun) runArgs(c *instructions.RunCommand) ([]string, []run.Script, 
 			if strings.HasPrefix(data, "#!") {
 				name := path.Base(c.Files[0].Name)
 				scripts = append(scripts, run.Script{Name: name, Data: []byte(data)})
-				return []string{"/dev/pipes/" + name}, scripts, nil
+				args = []string{"/dev/pipes/" + name} // still through the shell, as BuildKit
+			} else {
+				args = []string{data}
 			}
-			args = []string{data}
 		} else {
 			var b strings.Builder
 			b.WriteString(args[0])
