@@ -39,11 +39,13 @@ type initConfig struct {
 	ExtraGIDs []int
 	Hostname  string
 	NetNone   bool
-	Proc      string      // resolved mount targets, relative to Rootfs
-	Sys       string      //
-	Dev       string      //
-	Files     []fileMount // read-only bind mounts of the run's /etc files
-	Scripts   []Script    // written into /dev/pipes
+	Proc      string       // resolved mount targets, relative to Rootfs
+	Sys       string       //
+	Dev       string       //
+	Files     []fileMount  // read-only bind mounts of the run's /etc files
+	Scripts   []Script     // written into /dev/pipes
+	Mounts    []extraMount // Spec.Mounts, mounted last
+	Staging   string       // host directory for the file mounts' tmpfs
 }
 
 type fileMount struct {

@@ -56,6 +56,9 @@ func setupRoot(cfg *initConfig) error {
 			return err
 		}
 	}
+	if err := mountExtras(root, cfg); err != nil {
+		return err
+	}
 	return pivot(root)
 }
 

@@ -90,7 +90,11 @@ func (e *executor) Run(ctx context.Context, spec Spec) (err error) {
 		return fmt.Errorf("run: %w", err)
 	}
 	defer root.Close()
-	targets, stubs, err := prepareTargets(root, spec.Rootfs, sandboxTargets())
+	extra, err := extraTargets(spec.Mounts)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	targets, stubs, err := prepareTargets(root, spec.Rootfs, append(sandboxTargets(), extra...))
 	defer func() {
 		_, cerr := stubs.cleanup(root)
 		err = errors.Join(err, cerr)
@@ -114,6 +118,9 @@ func (e *executor) Run(ctx context.Context, spec Spec) (err error) {
 		Hostname: spec.Hostname, NetNone: spec.Network == NetworkNone,
 		Proc: targets[0].Rel, Sys: targets[1].Rel, Dev: targets[2].Rel,
 		Scripts: spec.Scripts,
+	}
+	if cfg.Mounts, cfg.Staging, err = extraMounts(rd, spec.Mounts, targets); err != nil {
+		return fmt.Errorf("run: %w", err)
 	}
 	for i, src := range files {
 		cfg.Files = append(cfg.Files, fileMount{Source: src, Target: targets[3+i].Rel})

@@ -62,6 +62,49 @@ type Spec struct {
 	// the sandbox init's (about 5 threads) included; 0 is no limit, else
 	// at least MinPidsLimit.
 	PidsLimit int64
+	// Mounts are mounted in the sandbox after its own mounts, in order
+	// (RUN --mount). See Mount.
+	Mounts []Mount
+}
+
+// Mount types of Mount.Type.
+const (
+	MountBind  = "bind"  // a host file or directory
+	MountTmpfs = "tmpfs" // an empty tmpfs
+	MountFile  = "file"  // a read-only file of given content, kept in memory
+)
+
+// Mount is one extra mount of Spec.Mounts. Its Target is resolved inside
+// the root filesystem as the process would see it (symlinks in it cannot
+// lead out of the root) and created without following symlinks when
+// missing; the mount points Run creates are removed after the run unless
+// the process replaced or filled them, and what is mounted never reaches
+// the root filesystem's directory. A target that is, contains or lies in
+// the target of another mount (the sandbox's own /proc, /sys, /dev and
+// /etc files included) is an error.
+type Mount struct {
+	// Type is MountBind, MountTmpfs or MountFile.
+	Type string
+	// Target is the absolute path of the mount inside the root; not "/".
+	Target string
+	// Source is what a bind mount shows: with SourceRoot set, a path inside
+	// SourceRoot resolved with chroot semantics, so that its symlinks
+	// cannot lead out of SourceRoot even while something changes it; else
+	// an absolute host path whose last component is not followed. The
+	// target is a directory when the source is one, else a file.
+	Source, SourceRoot string
+	// ReadOnly makes a bind or tmpfs mount read-only; a file mount always
+	// is. Every extra mount is nodev; tmpfs and file mounts are nosuid.
+	ReadOnly bool
+	// Size limits a tmpfs, in bytes; 0 is the kernel's default (half of
+	// the memory).
+	Size int64
+	// Data is the content of a file mount: it lives in a tmpfs private to
+	// the sandbox, never on disk. Mode (permission bits), UID and GID are
+	// the file's.
+	Data     []byte
+	Mode     uint32
+	UID, GID int
 }
 
 // Script is a file of Spec.Scripts.
@@ -171,6 +214,39 @@ func normalize(spec *Spec) error {
 		if g < 0 {
 			return fmt.Errorf("negative supplementary group %d", g)
 		}
+	}
+	for i := range spec.Mounts {
+		if err := normalizeMount(&spec.Mounts[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// normalizeMount checks m and cleans its paths.
+func normalizeMount(m *Mount) error {
+	if !path.IsAbs(m.Target) || path.Clean(m.Target) == "/" || strings.ContainsRune(m.Target, 0) {
+		return fmt.Errorf("invalid mount target %q (want an absolute path other than /)", m.Target)
+	}
+	m.Target = path.Clean(m.Target)
+	switch m.Type {
+	case MountBind:
+		if m.Source == "" || m.SourceRoot == "" && !filepath.IsAbs(m.Source) {
+			return fmt.Errorf("mount at %s: bind source %q is not an absolute path", m.Target, m.Source)
+		}
+		if m.SourceRoot != "" && !filepath.IsAbs(m.SourceRoot) {
+			return fmt.Errorf("mount at %s: source root %q is not an absolute path", m.Target, m.SourceRoot)
+		}
+	case MountTmpfs:
+		if m.Size < 0 {
+			return fmt.Errorf("mount at %s: negative tmpfs size", m.Target)
+		}
+	case MountFile:
+		if m.UID < 0 || m.GID < 0 || m.Mode&^0o7777 != 0 {
+			return fmt.Errorf("mount at %s: invalid file owner or mode", m.Target)
+		}
+	default:
+		return fmt.Errorf("mount at %s: unknown mount type %q", m.Target, m.Type)
 	}
 	return nil
 }
