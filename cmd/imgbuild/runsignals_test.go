@@ -41,15 +41,16 @@ type runBuild struct {
 	events []jsonEvent
 }
 
-// startRunBuild starts `imgbuild build --progress=json -t x` of
+// startRunBuild starts `imgbuild build --progress=json -t x [flags]` of
 // `FROM base` + `RUN sleep N` with state directory root, and waits until
 // the sleep runs.
-func startRunBuild(t *testing.T, root, host, base string) *runBuild {
+func startRunBuild(t *testing.T, root, host, base string, flags ...string) *runBuild {
 	t.Helper()
 	secs := strconv.Itoa(100000 + rand.IntN(800000))
 	ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN sleep " + secs + "\n"})
 	b := &runBuild{root: root, marker: "sleep " + secs, exited: make(chan struct{})}
-	b.cmd = imgbuildCommand("--root", root, "build", "--progress=json", "--insecure-registry", host, "-t", "x", ctxDir)
+	args := append([]string{"--root", root, "build", "--progress=json", "--insecure-registry", host, "-t", "x"}, flags...)
+	b.cmd = imgbuildCommand(append(args, ctxDir)...)
 	stderr, err := b.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -264,33 +265,43 @@ func TestRunInterrupted(t *testing.T) {
 // TestRunKilled kills imgbuild with SIGKILL while a RUN step runs: the
 // step's processes die with it (the sandbox init has a parent-death signal
 // and is pid 1 of its namespace), and the next imgbuild (prune, or a build
-// with a RUN step) on the same state directory removes the mounts and
-// scratch directories it left.
+// with a RUN step) on the same state directory removes the mounts, scratch
+// directories and cgroups it left.
 func TestRunKilled(t *testing.T) {
 	registrytest.RequireRoot(t)
 	host := registrytest.Start(t)
 	base := registrytest.PushBusybox(t, host)
-	next := []struct {
-		name string
-		run  func(t *testing.T, root string)
-	}{
-		{"then prune", func(t *testing.T, root string) {
-			if code, _, stderr := runCLI(t, "", "--root", root, "prune"); code != 0 {
-				t.Fatalf("imgbuild prune: exit %d: %s", code, stderr)
-			}
-		}},
-		{"then build", func(t *testing.T, root string) {
-			ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN true\n"})
-			code, _, stderr := runCLI(t, "", "--root", root, "build", "-q", "--insecure-registry", host, ctxDir)
-			if code != 0 {
-				t.Fatalf("imgbuild build: exit %d: %s", code, stderr)
-			}
-		}},
+	prune := func(t *testing.T, root string) {
+		if code, _, stderr := runCLI(t, "", "--root", root, "prune"); code != 0 {
+			t.Fatalf("imgbuild prune: exit %d: %s", code, stderr)
+		}
 	}
-	for _, tt := range next {
+	build := func(t *testing.T, root string) {
+		ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN true\n"})
+		code, _, stderr := runCLI(t, "", "--root", root, "build", "-q", "--insecure-registry", host, ctxDir)
+		if code != 0 {
+			t.Fatalf("imgbuild build: exit %d: %s", code, stderr)
+		}
+	}
+	limits := []string{"--memory", "64m", "--pids-limit", "64"}
+	limitsOK, why := limitsUsable(t, host, base)
+	tests := []struct {
+		name  string
+		flags []string
+		next  func(t *testing.T, root string)
+	}{
+		{"then prune", nil, prune},
+		{"then build", nil, build},
+		{"with limits, then prune", limits, prune},
+		{"with limits, then build", limits, build},
+	}
+	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.flags != nil && !limitsOK {
+				t.Skipf("RUN limits cannot work here: %s", why)
+			}
 			root := t.TempDir()
-			b := startRunBuild(t, root, host, base)
+			b := startRunBuild(t, root, host, base, tt.flags...)
 			if err := b.cmd.Process.Kill(); err != nil {
 				t.Fatal(err)
 			}
@@ -308,13 +319,96 @@ func TestRunKilled(t *testing.T) {
 			} else {
 				t.Logf("the step's processes were gone %v after the kill", time.Since(killed).Round(time.Millisecond))
 			}
-			t.Logf("left by the killed imgbuild: %q", leftovers(t, root))
-			tt.run(t, root)
+			cgroups := runCgroups(t, root)
+			if tt.flags != nil && len(cgroups) == 0 {
+				t.Errorf("a RUN step with limits recorded no cgroup in %s/run", root)
+			}
+			t.Logf("left by the killed imgbuild: %q, cgroups %q", leftovers(t, root), cgroups)
+			tt.next(t, root)
 			if l := leftovers(t, root); len(l) > 0 {
 				t.Errorf("still left after %s: %q", tt.name, l)
 			}
+			for _, cg := range cgroups {
+				if _, err := os.Stat(cg); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("cgroup %s of the killed step still there after %s (%v)", cg, tt.name, err)
+				}
+			}
 			if taggedX(t, root) {
 				t.Error("the killed build tagged x")
+			}
+		})
+	}
+}
+
+// runCgroups returns the cgroup directories that the RUN steps of root
+// recorded in their run directories (ROOT/run/run-*/cgroups).
+func runCgroups(t *testing.T, root string) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(root, "run", "run-*", "cgroups"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dirs []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, strings.Fields(string(b))...)
+	}
+	return dirs
+}
+
+// limitsUsable builds a RUN step with --memory and --pids-limit and
+// reports whether RUN limits work on this host. When they cannot (no
+// writable cgroups, or a cgroup v2 namespace root holding processes),
+// imgbuild must say so, as builder/run's tests expect: why is that error.
+// Any other failure fails t.
+func limitsUsable(t *testing.T, host, base string) (ok bool, why string) {
+	t.Helper()
+	ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN true\n"})
+	code, _, stderr := runCLI(t, "", "--root", t.TempDir(), "build", "-q", "--insecure-registry", host,
+		"--memory", "64m", "--pids-limit", "64", ctxDir)
+	switch {
+	case code == 0:
+		return true, ""
+	case strings.Contains(stderr, "memory and pids limits") || strings.Contains(stderr, "(the cgroup holds processes;"):
+		return false, stderr
+	}
+	t.Fatalf("build with --memory and --pids-limit: exit %d: %s", code, stderr)
+	return false, ""
+}
+
+// TestRunLimits checks that --pids-limit and --memory reach RUN steps: a
+// fork bomb and a memory hog fail the build and say which limit they hit.
+func TestRunLimits(t *testing.T) {
+	registrytest.RequireRoot(t)
+	host := registrytest.Start(t)
+	base := registrytest.PushBusybox(t, host)
+	if ok, why := limitsUsable(t, host, base); !ok {
+		t.Skipf("RUN limits cannot work here: %s", why)
+	}
+	tests := []struct {
+		name, run string
+		flags     []string
+		wantErr   string
+	}{
+		{"fork bomb", "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); done; echo all-started",
+			[]string{"--pids-limit", "32"}, "pids limit 32 reached"},
+		{"memory hog", `awk 'BEGIN { s = "x"; for (i = 0; i < 30; i++) s = s s; print length(s) }'`,
+			[]string{"-m", "64m"}, "memory limit 67108864 bytes reached"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN " + tt.run + "\n"})
+			args := append([]string{"--root", t.TempDir(), "build", "--insecure-registry", host}, tt.flags...)
+			code, stdout, stderr := runCLI(t, "", append(args, ctxDir)...)
+			lines := strings.Split(strings.TrimSpace(stderr), "\n")
+			last := lines[len(lines)-1]
+			t.Logf("%s", last)
+			if code != exitError || stdout != "" || !strings.HasPrefix(last, "imgbuild: Dockerfile:2: RUN ") || !strings.Contains(last, tt.wantErr) {
+				t.Errorf("exit %d, stdout %q, last stderr line %q; want exit %d, nothing on stdout, \"imgbuild: Dockerfile:2: RUN ...%s...\"; stderr:\n%s",
+					code, stdout, last, exitError, tt.wantErr, stderr)
 			}
 		})
 	}
