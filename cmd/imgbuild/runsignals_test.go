@@ -227,10 +227,37 @@ func TestRunInterrupted(t *testing.T) {
 	registrytest.RequireRoot(t)
 	host := registrytest.Start(t)
 	base := registrytest.PushBusybox(t, host)
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
-		t.Run(unix.SignalName(sig), func(t *testing.T) {
-			root := t.TempDir()
-			b := startRunBuild(t, root, host, base)
+	tests := []struct {
+		name        string
+		sig         syscall.Signal
+		snapshotter string // --snapshotter, or IMGBUILD_SNAPSHOTTER when env is set
+		env         bool
+	}{
+		{"SIGINT", syscall.SIGINT, "", false},
+		{"SIGTERM", syscall.SIGTERM, "", false},
+		{"SIGINT, --snapshotter copy", syscall.SIGINT, "copy", false},
+		{"SIGTERM, IMGBUILD_SNAPSHOTTER=overlay", syscall.SIGTERM, "overlay", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sig, root := tt.sig, t.TempDir()
+			var flags []string
+			switch {
+			case tt.env:
+				t.Setenv(snapshotterEnv, tt.snapshotter)
+			case tt.snapshotter != "":
+				flags = []string{"--snapshotter", tt.snapshotter}
+			}
+			b := startRunBuild(t, root, host, base, flags...)
+			// The overlay snapshotter mounts the step's root below root
+			// (in this mount namespace); copy mounts nothing there.
+			mounts := mountsUnder(t, root)
+			switch {
+			case tt.snapshotter == "copy" && len(mounts) > 0:
+				t.Errorf("--snapshotter copy: mounts during the RUN: %q", mounts)
+			case tt.snapshotter == "overlay" && len(mounts) == 0:
+				t.Errorf("snapshotter overlay: no mount below the state directory during the RUN")
+			}
 			sent := time.Now()
 			if err := b.cmd.Process.Signal(sig); err != nil {
 				t.Fatal(err)
@@ -409,6 +436,34 @@ func TestRunLimits(t *testing.T) {
 			if code != exitError || stdout != "" || !strings.HasPrefix(last, "imgbuild: Dockerfile:2: RUN ") || !strings.Contains(last, tt.wantErr) {
 				t.Errorf("exit %d, stdout %q, last stderr line %q; want exit %d, nothing on stdout, \"imgbuild: Dockerfile:2: RUN ...%s...\"; stderr:\n%s",
 					code, stdout, last, exitError, tt.wantErr, stderr)
+			}
+		})
+	}
+}
+
+// TestRunNetwork checks that --network reaches RUN steps: with none a step
+// sees only the loopback interface, with default and host the host's
+// interfaces (/proc/net/dev lists those of the reader's network
+// namespace: two header lines, then one line per interface).
+func TestRunNetwork(t *testing.T) {
+	registrytest.RequireRoot(t)
+	host := registrytest.Start(t)
+	base := registrytest.PushBusybox(t, host)
+	b, err := os.ReadFile("/proc/net/dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostLines := strings.Count(string(b), "\n")
+	for _, tt := range []struct {
+		network   string
+		wantLines int
+	}{{"none", 3}, {"default", hostLines}, {"host", hostLines}} {
+		t.Run(tt.network, func(t *testing.T) {
+			run := fmt.Sprintf(`n=$(wc -l < /proc/net/dev); test "$n" -eq %d || { cat /proc/net/dev; echo "$n lines"; exit 1; }`, tt.wantLines)
+			ctxDir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN " + run + "\n"})
+			code, _, stderr := runCLI(t, "", "--root", t.TempDir(), "build", "-q", "--insecure-registry", host, "--network", tt.network, ctxDir)
+			if code != 0 {
+				t.Errorf("--network %s: exit %d, want a RUN seeing %d lines in /proc/net/dev: %s", tt.network, code, tt.wantLines, stderr)
 			}
 		})
 	}
