@@ -11,9 +11,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,7 +44,7 @@ type attackHost struct {
 	secret      string // value of a variable of the test process's environment
 	mark        string // ENV value every RUN process carries, to find leftovers
 	listing     string // of dir
-	cgroups     []string
+	hostname    string
 }
 
 const (
@@ -87,7 +89,9 @@ func newAttackHost(t *testing.T) *attackHost {
 		t.Fatal(err)
 	}
 	h.listing = treeListing(t, h.dir)
-	h.cgroups = runCgroupDirs(t)
+	if h.hostname, err = os.Hostname(); err != nil {
+		t.Fatal(err)
+	}
 	return h
 }
 
@@ -139,33 +143,6 @@ func treeListing(t *testing.T, dir string) string {
 	return b.String()
 }
 
-// runCgroupDirs lists the run cgroups (imgbuild-*) of the sandbox on this
-// host: below this process's cgroups in the v1 memory and pids hierarchies,
-// or below /sys/fs/cgroup/imgbuild on v2.
-func runCgroupDirs(t *testing.T) []string {
-	t.Helper()
-	parents := []string{"/sys/fs/cgroup/imgbuild"}
-	data, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.SplitN(line, ":", 3); len(f) == 3 && (f[1] == "memory" || f[1] == "pids") {
-			parents = append(parents, filepath.Join("/sys/fs/cgroup", f[1], f[2]))
-		}
-	}
-	var dirs []string
-	for _, p := range parents {
-		ents, _ := os.ReadDir(p)
-		for _, e := range ents {
-			if e.IsDir() && (strings.HasPrefix(e.Name(), "imgbuild-") || strings.HasPrefix(e.Name(), "run-")) {
-				dirs = append(dirs, filepath.Join(p, e.Name()))
-			}
-		}
-	}
-	return dirs
-}
-
 // check fails t if the host or the store shows a trace of the build.
 func (h *attackHost) check(t *testing.T, st *layers.Store) {
 	t.Helper()
@@ -180,6 +157,9 @@ func (h *attackHost) check(t *testing.T, st *layers.Store) {
 		t.Errorf("HOST CHANGED: /dev/null is mode %o rdev %d owner %d:%d, was %o %d %d:%d",
 			null.Mode, null.Rdev, null.Uid, null.Gid, h.null.Mode, h.null.Rdev, h.null.Uid, h.null.Gid)
 	}
+	if hn, _ := os.Hostname(); hn != h.hostname {
+		t.Errorf("HOST CHANGED: hostname %q, was %q", hn, h.hostname)
+	}
 	if l := treeListing(t, h.dir); l != h.listing {
 		t.Errorf("HOST CHANGED: sentinel directory now:\n%s\nwas:\n%s", l, h.listing)
 	}
@@ -188,9 +168,6 @@ func (h *attackHost) check(t *testing.T, st *layers.Store) {
 	}
 	if procs := processesWith(h.mark); len(procs) > 0 {
 		t.Errorf("processes of the build left behind: %v", procs)
-	}
-	if cg := runCgroupDirs(t); !slices.Equal(cg, h.cgroups) {
-		t.Errorf("run cgroups now %v, were %v", cg, h.cgroups)
 	}
 	for dir, allowed := range map[string]func(string) bool{
 		"tmp":       func(string) bool { return false },
@@ -250,24 +227,58 @@ func processesWith(mark string) []string {
 	return out
 }
 
-// attackBuild builds df (placeholders expanded, the mark ENV added after
-// its first line) on st and returns the result, the error and the step
-// output. The build does not use the cache.
-func (h *attackHost) build(t *testing.T, st *layers.Store, df string, mod func(*builder.Options)) (*builder.Result, error, string) {
+// attackBuild is the outcome of one build.
+type attackBuild struct {
+	res *builder.Result
+	err error
+	log string // the steps' output
+	// cgroups are the run cgroups seen while a step printed (read from
+	// the run directories in the store; other processes' runs, such as
+	// the run package's tests, use the same parent cgroups).
+	cgroups []string
+}
+
+// build builds df (placeholders expanded, the mark ENV added after its
+// first line) on st, without the cache, within a minute.
+func (h *attackHost) build(t *testing.T, st *layers.Store, df string, mod func(*builder.Options)) attackBuild {
 	t.Helper()
 	df = h.expand(df)
 	first, rest, _ := strings.Cut(df, "\n")
 	df = first + "\nENV " + attackMarkVar + "=" + h.mark + "\n" + rest
+	var out attackBuild
 	var log bytes.Buffer
 	opts := builder.Options{
 		ContextDir: btContext(t, map[string]string{"Dockerfile": df}), Store: st, NoCache: true,
-		Progress: func(ev builder.Event) { log.Write(ev.Log) },
+		Progress: func(ev builder.Event) {
+			log.Write(ev.Log)
+			if len(ev.Log) > 0 {
+				out.cgroups = appendRunCgroups(out.cgroups, st)
+			}
+		},
 	}
 	if mod != nil {
 		mod(&opts)
 	}
-	res, err := builder.Build(context.Background(), opts)
-	return res, err, log.String()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out.res, out.err = builder.Build(ctx, opts)
+	out.log = log.String()
+	return out
+}
+
+// appendRunCgroups adds to cgs the cgroups that the live runs in st
+// record.
+func appendRunCgroups(cgs []string, st *layers.Store) []string {
+	files, _ := filepath.Glob(filepath.Join(st.Root(), "run", "run-*", "cgroups"))
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		for _, cg := range strings.Fields(string(data)) {
+			if !slices.Contains(cgs, cg) {
+				cgs = append(cgs, cg)
+			}
+		}
+	}
+	return cgs
 }
 
 func (h *attackHost) expand(s string) string {
@@ -286,14 +297,24 @@ type attackCase struct {
 	// or host path leaks into it).
 	emptyLayer bool
 	imageFiles map[string]string // path -> content in the built image
+	cgroups    bool              // the step runs in cgroups (limits)
 }
 
 // run builds tc on st and checks its outcome, then the host.
 func (h *attackHost) run(t *testing.T, st *layers.Store, tc attackCase, mod func(*builder.Options)) {
 	t.Helper()
 	start := time.Now()
-	res, err, log := h.build(t, st, tc.df, mod)
+	b := h.build(t, st, tc.df, mod)
+	res, err, log := b.res, b.err, b.log
 	t.Logf("%v: %v", time.Since(start).Round(time.Millisecond), err)
+	if tc.cgroups && len(b.cgroups) == 0 {
+		t.Errorf("no run cgroup seen while the step ran")
+	}
+	for _, cg := range b.cgroups {
+		if _, err := os.Stat(cg); !os.IsNotExist(err) {
+			t.Errorf("run cgroup left behind: %s (%v)", cg, err)
+		}
+	}
 	switch {
 	case tc.wantErr == "" && err != nil:
 		t.Errorf("build failed, want the attack contained and the build to succeed: %v\noutput:\n%s", err, log)
@@ -343,6 +364,10 @@ func (h *attackHost) run(t *testing.T, st *layers.Store, tc attackCase, mod func
 func TestAttackRunHost(t *testing.T) {
 	h := newAttackHost(t)
 	st := rtStore(t)
+	sysrqDenied := "Read-only file system"
+	if _, err := os.Stat("/proc/sysrq-trigger"); os.IsNotExist(err) {
+		sysrqDenied = "nonexistent directory" // no CONFIG_MAGIC_SYSRQ (e.g. a microVM)
+	}
 	tests := []attackCase{
 		// /proc/self/exe is the step's own shell, a file of the image
 		// being busy: ETXTBSY, as under runc. Not the host binary.
@@ -380,6 +405,8 @@ func TestAttackRunHost(t *testing.T) {
 			wantErr: "exit status", wantLog: []string{"permission denied"}},
 		{name: "bind mount", df: "FROM busybox\nRUN mkdir -p /mnt && mount --bind / /mnt\n",
 			wantErr: "exit status", wantLog: []string{"permission denied"}},
+		{name: "mount a cgroup hierarchy (release_agent)", df: "FROM busybox\nRUN mkdir /cg && mount -t cgroup -o memory cgroup /cg\n",
+			wantErr: "exit status", wantLog: []string{"permission denied"}},
 		{name: "unmount /etc/hosts", df: "FROM busybox\nRUN umount /etc/hosts\n",
 			wantErr: "exit status", wantLog: []string{"Operation not permitted"}},
 		{name: "unmount /proc", df: "FROM busybox\nRUN umount -l /proc\n",
@@ -391,6 +418,23 @@ func TestAttackRunHost(t *testing.T) {
 			wantErr: "exit status 1", wantLog: []string{"Read-only file system"}},
 		{name: "chown /dev/null", df: "FROM busybox\nRUN chown 1000 /dev/null\n",
 			wantErr: "exit status 1", wantLog: []string{"Read-only file system"}},
+		// /proc/sys and /proc/sysrq-trigger are read-only, as Docker's. The
+		// writes would be harmless if they went through: the same
+		// core_pattern, sysrq "h" (help).
+		{name: "write core_pattern", df: "FROM busybox\nRUN cat /proc/sys/kernel/core_pattern > /cp && cat /cp > /proc/sys/kernel/core_pattern\n",
+			wantErr: "exit status 1", wantLog: []string{"Read-only file system"}},
+		{name: "write sysrq-trigger", df: "FROM busybox\nRUN echo h > /proc/sysrq-trigger\n",
+			wantErr: "exit status 1", wantLog: []string{sysrqDenied}},
+		// The step shares the host's network (docker build's default) but
+		// lacks CAP_NET_ADMIN; the MTU would be unchanged anyway.
+		{name: "configure the host's loopback", df: "FROM busybox\nRUN ip link set lo mtu $(cat /sys/class/net/lo/mtu)\n",
+			wantErr: "exit status", wantLog: []string{"Operation not permitted"}},
+		{name: "set the hostname", df: "FROM busybox\nRUN hostname evil\n",
+			wantErr: "exit status 1", wantLog: []string{"Operation not permitted"}},
+		// Signals reach only the sandbox's pid namespace; its init ignores
+		// SIGKILL from inside it, as every pid namespace init.
+		{name: "kill everything", df: "FROM busybox\nRUN kill -9 -1; kill -9 1; sleep 0.2; echo alive\n",
+			wantLog: []string{"alive\n"}},
 		// mknod works (CAP_MKNOD is in the default set) but the root is
 		// nodev; runc's device cgroup denies the open instead.
 		{name: "mknod /dev/mem", df: "FROM busybox\nRUN mknod /mem c 1 1 && head -c 1 /mem\n",
@@ -499,6 +543,153 @@ func TestAttackRunSymlinkBase(t *testing.T) {
 			}
 			symlinkImage(t, st, "evil", files)
 			h.run(t, st, tc.attackCase, nil)
+		})
+	}
+}
+
+// TestAttackRunLimits: fork bombs and memory hogs under Options.PidsLimit
+// and Options.Memory (cgroup v2 or v1). BuildKit sets no such limits by
+// default; with them (runc applies --pids-limit/--memory) a step whose
+// forks fail or that is OOM-killed fails with its exit status, here with
+// the limit that was hit. Each step prints first, so that its run cgroups
+// are seen while it runs.
+func TestAttackRunLimits(t *testing.T) {
+	h := newAttackHost(t)
+	st := rtStore(t)
+	pids := func(o *builder.Options) { o.PidsLimit = 64 }
+	mem := func(o *builder.Options) { o.Memory = 64 << 20 }
+	tests := []struct {
+		attackCase
+		mod func(*builder.Options)
+	}{
+		// busybox sh has no ":" functions (":(){ :|:& };:" is a syntax
+		// error there). In the foreground, the shell gets EAGAIN from
+		// fork, which is fatal to it.
+		{mod: pids, attackCase: attackCase{name: "fork bomb", cgroups: true,
+			df: "FROM busybox\nRUN echo start; f(){ f|f; }; f\n", wantErr: "exit status 2: pids limit 64 reached"}},
+		// The classic bomb runs in the background: the step ends when its
+		// command does, with status 0, and the rest of the tree dies with
+		// the sandbox init, as with BuildKit (the step succeeds there too).
+		// The builtin loop keeps the step alive while the bomb runs.
+		{mod: pids, attackCase: attackCase{name: "background fork bomb", cgroups: true,
+			df:      "FROM busybox\nRUN echo start; f(){ f|f& }; f; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo main-done\n",
+			wantLog: []string{"can't fork", "main-done\n"}}},
+		{mod: pids, attackCase: attackCase{name: "fork loop", cgroups: true,
+			df: "FROM busybox\nRUN echo start; while :; do sleep 60 & done\n", wantErr: "exit status 2: pids limit 64 reached", wantLog: []string{"can't fork"}}},
+		{mod: mem, attackCase: attackCase{name: "memory hog", cgroups: true,
+			df:      "FROM busybox\nRUN echo start; awk 'BEGIN { s = \"x\"; for (i = 0; i < 30; i++) s = s s; print length(s) }'\n",
+			wantErr: "exit status 137 (killed by signal: killed): memory limit 67108864 bytes reached (OOM kill)"}},
+		{mod: func(o *builder.Options) { o.Memory = 1 << 20 }, attackCase: attackCase{name: "memory limit too small",
+			df: "FROM busybox\nRUN true\n", wantErr: "memory limit 1048576 bytes is below the minimum"}},
+		{mod: func(o *builder.Options) { o.PidsLimit = 8 }, attackCase: attackCase{name: "pids limit too small",
+			df: "FROM busybox\nRUN true\n", wantErr: "pids limit 8 is below the minimum"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { h.run(t, st, tc.attackCase, tc.mod) })
+	}
+}
+
+// TestAttackRunNoCgroups: where limits cannot be enforced the build fails
+// rather than running the step without them. The test re-executes itself
+// in a mount namespace of its own with an empty tmpfs over /sys/fs/cgroup.
+func TestAttackRunNoCgroups(t *testing.T) {
+	registrytest.RequireRoot(t)
+	if ns := os.Getenv("IMGBUILD_ATTACK_PARENT_MNTNS"); ns != "" {
+		noCgroupsChild(t, ns)
+		return
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^TestAttackRunNoCgroups$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "IMGBUILD_ATTACK_PARENT_MNTNS="+ns)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestAttackRunNoCgroups")) {
+		t.Fatalf("child test: %v\n%s", err, out)
+	}
+	t.Logf("child test:\n%s", out)
+}
+
+func noCgroupsChild(t *testing.T, parentNS string) {
+	if ns, err := os.Readlink("/proc/self/ns/mnt"); err != nil || ns == parentNS {
+		t.Fatalf("not in a mount namespace of its own (%s, %v): refusing to hide the host's cgroups", ns, err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", "/sys/fs/cgroup", "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	h := newAttackHost(t)
+	st := rtStore(t)
+	for _, mod := range []func(*builder.Options){
+		func(o *builder.Options) { o.PidsLimit = 64 },
+		func(o *builder.Options) { o.Memory = 64 << 20 },
+	} {
+		h.run(t, st, attackCase{df: "FROM busybox\nRUN echo ran > /ran\n", wantErr: "memory and pids limits: no cgroup v2 at /sys/fs/cgroup"}, mod)
+	}
+}
+
+// TestAttackRunDiskFull: a step that fills the disk, with the store on a
+// small tmpfs. The step fails with ENOSPC (or its commit does), the build
+// fails clearly and removes its scratch directories, so the space comes
+// back. A step can also fill the sandbox's own tmpfs (/dev/shm, 64 MiB
+// as Docker's), which is not the store's disk.
+func TestAttackRunDiskFull(t *testing.T) {
+	h := newAttackHost(t)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64m,mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Errorf("unmounting the store's tmpfs: %v", err)
+		}
+	})
+	ctx := context.Background()
+	st, err := layers.OpenStore(ctx, filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dgst, err := st.PutImage(ctx, registrytest.BusyboxImage(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Tag(ctx, "busybox", dgst); err != nil {
+		t.Fatal(err)
+	}
+	// Extract the base once, so that the free space below is the steady one.
+	h.run(t, st, attackCase{df: "FROM busybox\nRUN true\n", emptyLayer: true}, nil)
+	free := func() int64 {
+		var fs unix.Statfs_t
+		if err := unix.Statfs(dir, &fs); err != nil {
+			t.Fatal(err)
+		}
+		return int64(fs.Bavail) * fs.Bsize
+	}
+	before := free()
+	for _, tc := range []attackCase{
+		{name: "dd until ENOSPC", df: "FROM busybox\nRUN dd if=/dev/zero of=/big bs=1M\n",
+			wantErr: "exit status 1", wantLog: []string{"No space left on device"}},
+		// 40 MiB fit in the step's upper directory, not again as a layer.
+		{name: "ENOSPC while committing", df: "FROM busybox\nRUN head -c 40m /dev/urandom > /big\n",
+			wantErr: "no space left on device"},
+		{name: "fill /dev/shm", df: "FROM busybox\nRUN dd if=/dev/zero of=/dev/shm/big bs=1M\n",
+			wantErr: "exit status 1", wantLog: []string{"No space left on device"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.run(t, st, tc, nil)
+			// Blobs of failed builds are not written; allow a little for
+			// the store's own files.
+			if after := free(); after < before-1<<20 {
+				t.Errorf("free space %d bytes after the build, %d before", after, before)
+			}
 		})
 	}
 }
