@@ -64,7 +64,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer release()
-	tmp, err := opts.Store.TempDir(ctx, "build-")
+	tmp, removeTmp, err := opts.Store.LockedTempDir(ctx, "build-")
 	if err != nil {
 		return nil, fmt.Errorf("creating build directory: %w", err)
 	}
@@ -73,7 +73,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	// directories go.
 	snap, err := layers.NewSnapshotter(ctx, opts.Store, opts.Snapshotter, layers.SnapshotOptions{NoChown: os.Geteuid() != 0})
 	if err != nil {
-		os.RemoveAll(tmp)
+		removeTmp()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -82,7 +82,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		cancel()
 		stages.Wait()
 		snap.Close()
-		os.RemoveAll(tmp)
+		removeTmp()
 	}()
 
 	bctx, err := loadContext(ctx, contextOptions{

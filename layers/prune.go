@@ -162,6 +162,11 @@ func (s *Store) sweepBlobs(ctx context.Context, keep map[v1.Hash]bool, rep *Prun
 // no store writer is running, so everything there is left over, but for
 // recent entries of TempDir users without a lease.
 func (s *Store) sweepTmp(rep *PruneReport) error {
+	freed, err := s.cleanTemp()
+	rep.Bytes += freed
+	if err != nil {
+		return err
+	}
 	dir := filepath.Join(s.root, tmpDir)
 	ents, err := os.ReadDir(dir)
 	if err != nil {

@@ -135,6 +135,9 @@ func NewSnapshotter(ctx context.Context, store *Store, kind string, opts Snapsho
 	if err := store.cleanScratch(ctx); err != nil {
 		return nil, fmt.Errorf("snapshotter: %w", err)
 	}
+	if _, err := store.cleanTemp(); err != nil {
+		return nil, fmt.Errorf("snapshotter: %w", err)
+	}
 	switch kind {
 	case SnapshotterOverlay:
 		return newOverlaySnapshotter(ctx, store, opts)
