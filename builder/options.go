@@ -85,6 +85,14 @@ type Options struct {
 	// in Store. A program using the default must call run.Init first
 	// thing in main (see the package documentation).
 	Executor run.Executor
+	// Secrets are the values RUN --mount=type=secret mounts, by id
+	// (`--secret id=ID,src=FILE|env=VAR`). A step sees one as a read-only
+	// file kept in memory (default /run/secrets/ID, mode 0400) or as an
+	// environment variable (env=NAME); it never reaches the image, its
+	// config, its history or a layer. A secret the Dockerfile marks
+	// required=true and that is missing fails the step; an optional one is
+	// skipped (its env=NAME is set empty, as BuildKit's). Nil means none.
+	Secrets map[string][]byte
 }
 
 // Result is a successful build.

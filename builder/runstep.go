@@ -44,6 +44,11 @@ func (r *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	}
 	env := r.runProcessEnv()
 	msg := "RUN " + runCommandString(args, r.args, env) + " # buildkit"
+	mounts, err := r.runMounts(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer mounts.release()
 	out := newStepOutput(r.b, r.ev)
 	return r.withMount(ctx, msg, func(root string) error {
 		u, err := lookupUser(root, r.cfg.Config.User)
@@ -53,6 +58,7 @@ func (r *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 		if _, ok := getEnv(env, "HOME"); !ok {
 			env = append(env, "HOME="+u.Home)
 		}
+		env = mounts.withEnv(env) // after the history text: secrets stay out of it
 		// The primary group is a supplementary group too, as BuildKit's
 		// ensureAdditionalGids (CVE-2023-25173).
 		groups := append([]int{u.GID}, slices.DeleteFunc(u.ExtraGIDs, func(g int) bool { return g == u.GID })...)
@@ -62,6 +68,7 @@ func (r *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 			Hostname: sandboxHostname, Network: network, Scripts: scripts,
 			Stdout: out, Stderr: out,
 			Memory: r.b.opts.Memory, PidsLimit: r.b.opts.PidsLimit,
+			Mounts: mounts.mounts,
 		}
 		err = exec.Run(ctx, spec)
 		out.flush()
@@ -76,9 +83,6 @@ func (r *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 // checkRunFlags fails for RUN flags imgbuild does not implement, rather than
 // ignoring them.
 func checkRunFlags(c *instructions.RunCommand) error {
-	if ms := instructions.GetMounts(c); len(ms) > 0 {
-		return fmt.Errorf("RUN --mount=type=%s is not supported yet", ms[0].Type)
-	}
 	if devs := instructions.GetDevices(c); len(devs) > 0 {
 		return fmt.Errorf("RUN --device is not supported")
 	}
