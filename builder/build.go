@@ -209,8 +209,14 @@ func (b *build) firstError(err error) error {
 func (b *build) executor() (run.Executor, error) {
 	b.execOnce.Do(func() {
 		if b.exec = b.opts.Executor; b.exec == nil {
-			b.exec, b.execErr = run.New(run.Options{StateDir: filepath.Join(b.opts.Store.Root(), "run")})
+			b.exec, b.execErr = run.New(run.Options{StateDir: RunStateDir(b.opts.Store)})
 		}
 	})
 	return b.exec, b.execErr
+}
+
+// RunStateDir is where the default Executor keeps the state of running RUN
+// steps (ROOT/run); run.New with it removes what dead processes left there.
+func RunStateDir(st *layers.Store) string {
+	return filepath.Join(st.Root(), "run")
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -18,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/urfave/cli/v2"
 
+	"github.com/imgbuild/imgbuild/builder"
 	sandbox "github.com/imgbuild/imgbuild/builder/run"
 	"github.com/imgbuild/imgbuild/layers"
 )
@@ -275,7 +275,7 @@ func pruneCommand(s *streams) *cli.Command {
 			if err != nil {
 				return fmt.Errorf("pruning: %w", err)
 			}
-			if err := cleanRunState(st.Root()); err != nil {
+			if err := cleanRunState(st); err != nil {
 				return fmt.Errorf("pruning: %w", err)
 			}
 			fmt.Fprintf(s.stdout, "Deleted %d blobs and %d untagged images, total reclaimed space: %s\n", rep.Blobs, rep.Images,
@@ -289,8 +289,8 @@ func pruneCommand(s *streams) *cli.Command {
 // dead imgbuild processes (kill -9) left in the sandbox's state directory,
 // ROOT/run, where package builder's default Executor keeps it: run.New does
 // that cleaning, and leaves the directories of running steps alone.
-func cleanRunState(root string) error {
-	dir := filepath.Join(root, "run")
+func cleanRunState(st *layers.Store) error {
+	dir := builder.RunStateDir(st)
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
