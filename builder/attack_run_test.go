@@ -79,14 +79,25 @@ func newAttackHost(t *testing.T) *attackHost {
 	if h.null.Mode != unix.S_IFCHR|0o666 {
 		t.Fatalf("host /dev/null has mode %o before the test, want a 0666 character device", h.null.Mode)
 	}
-	if err := os.WriteFile(h.sentinel, []byte(h.content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(h.dir, "sub"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(h.dir, "sub", "file"), []byte(h.content), 0o600); err != nil {
-		t.Fatal(err)
+	// Besides the sentinels: what a build must not read when it follows
+	// a link to this directory as /etc (passwd, group), and empty files
+	// and directories named as the sandbox's mount stubs, which a stub
+	// cleanup following links would remove (CVE-2024-23652).
+	hostPasswd := "root:x:0:0:" + strings.TrimSpace(h.content) + ":/hostroot:/bin/sh\napp:x:4242:4242::/hostapp:/bin/sh\n"
+	for name, data := range map[string]string{
+		"sentinel": h.content, "sub/file": h.content, "passwd": hostPasswd, "group": "app:x:4242:\n",
+		"hosts": "", "resolv.conf": "", "hostname": "", "proc/": "", "sys/": "", "dev/": "", "etc/": "",
+	} {
+		p := filepath.Join(h.dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(name, "/") {
+			continue
+		}
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	h.listing = treeListing(t, h.dir)
 	if h.hostname, err = os.Hostname(); err != nil {
@@ -457,10 +468,10 @@ func TestAttackRunHost(t *testing.T) {
 	}
 }
 
-// symlinkImage stores the busybox image plus a layer of files as tag.
-func symlinkImage(t *testing.T, st *layers.Store, tag string, files []registrytest.File) {
+// symlinkImage stores base plus a layer of files as tag.
+func symlinkImage(t *testing.T, st *layers.Store, base v1.Image, tag string, files []registrytest.File) {
 	t.Helper()
-	img, err := mutate.Append(registrytest.BusyboxImage(t), mutate.Addendum{
+	img, err := mutate.Append(base, mutate.Addendum{
 		Layer:   registrytest.Layer(t, files),
 		History: v1.History{CreatedBy: "attack layer"},
 	})
@@ -486,7 +497,8 @@ func symlinkImage(t *testing.T, st *layers.Store, tag string, files []registryte
 // the host.
 func TestAttackRunSymlinkBase(t *testing.T) {
 	h := newAttackHost(t)
-	passwd := btFlatten(t, registrytest.BusyboxImage(t))["etc/passwd"].Content
+	base := registrytest.BusyboxImage(t)
+	passwd := btFlatten(t, base)["etc/passwd"].Content
 	hostsOK := "grep buildkitsandbox /etc/hosts && (echo pwned > /etc/hosts || echo hosts-read-only)"
 	tests := []struct {
 		attackCase
@@ -534,15 +546,42 @@ func TestAttackRunSymlinkBase(t *testing.T) {
 			name: "USER read through /etc to a host directory", df: "FROM evil\nUSER app\nRUN id\n",
 			wantErr: "unable to find user app"}},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, kind := range []string{"overlay", "copy"} {
+		t.Run(kind, func(t *testing.T) {
 			st := rtStore(t)
-			files := slices.Clone(tc.files)
-			for i := range files {
-				files[i].Link = h.expand(files[i].Link)
+			for i, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					files := slices.Clone(tc.files)
+					for i := range files {
+						files[i].Link = h.expand(files[i].Link)
+					}
+					tag := fmt.Sprintf("evil%d", i)
+					symlinkImage(t, st, base, tag, files)
+					tc.df = strings.Replace(tc.df, "FROM evil\n", "FROM "+tag+"\n", 1)
+					h.run(t, st, tc.attackCase, func(o *builder.Options) { o.Snapshotter = kind })
+				})
 			}
-			symlinkImage(t, st, "evil", files)
-			h.run(t, st, tc.attackCase, nil)
+		})
+	}
+}
+
+// TestAttackRunStubSwap: a step replaces the parent of its mount stubs
+// with a link to a host directory holding files named as the stubs
+// (BuildKit's CVE-2024-23652): the stub cleanup, which runs on the host,
+// must not follow it. The image has no /etc, so /etc is a stub too. The
+// next step follows the link inside the root, and the builder reads
+// passwd there, not on the host.
+func TestAttackRunStubSwap(t *testing.T) {
+	h := newAttackHost(t)
+	for _, kind := range []string{"overlay", "copy"} {
+		t.Run(kind, func(t *testing.T) {
+			st := rtStore(t)
+			symlinkImage(t, st, registrytest.BusyboxImage(t), "evil", []registrytest.File{{Name: ".wh.etc"}})
+			h.run(t, st, attackCase{
+				df: "FROM evil\nRUN mv /etc /etc.moved && ln -s {{DIR}} /etc && ls /etc.moved && echo swapped\n" +
+					"RUN id -u; echo home=$HOME; ls /etc; cat /etc/hosts; cat /etc/passwd 2>&1; echo end\n",
+				wantLog: []string{"swapped\n", "0\nhome=/\nhostname\nhosts\nresolv.conf\n", "buildkitsandbox", "can't open '/etc/passwd'", "end\n"},
+			}, func(o *builder.Options) { o.Snapshotter = kind })
 		})
 	}
 }
