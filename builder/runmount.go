@@ -166,7 +166,7 @@ func (r *stageRun) contextBind(ctx context.Context, sm *stepMounts, src, target 
 	if err != nil {
 		return fmt.Errorf("source %s: %w", src, err)
 	}
-	fi, err := os.Lstat(host)
+	fi, err := contextVFS{bc}.Lstat(host) // what .dockerignore hides does not exist
 	if err != nil {
 		return fmt.Errorf("source %s not found in the build context", src)
 	}

@@ -212,7 +212,8 @@ func createCache(ctx context.Context, kdir, dir, key string, seed func(context.C
 	if err != nil {
 		return err
 	}
-	if err := unix.Chmod(tmp, 0o755); err == nil {
+	err = unix.Chmod(tmp, 0o755)
+	if err == nil {
 		err = seed(ctx, tmp)
 	}
 	if err == nil {

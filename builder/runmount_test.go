@@ -217,6 +217,7 @@ func TestRunMountSecretHistory(t *testing.T) {
 func TestRunMountErrors(t *testing.T) {
 	tests := []struct {
 		name, df, wantErr string
+		context           map[string]string
 	}{
 		{name: "missing required secret", df: "FROM busybox\nRUN --mount=type=secret,id=nope,required true\n",
 			wantErr: "Dockerfile:2: RUN --mount=type=secret,id=nope,required true: --mount=type=secret: secret nope: not found"},
@@ -224,6 +225,9 @@ func TestRunMountErrors(t *testing.T) {
 			wantErr: "RUN --mount=type=ssh is not supported"},
 		{name: "missing context source", df: "FROM busybox\nRUN --mount=source=nope,target=/x true\n",
 			wantErr: "--mount=type=bind: source /nope not found in the build context"},
+		{name: "ignored context source", df: "FROM busybox\nRUN --mount=source=secret.txt,target=/x cat /x\n",
+			context: map[string]string{".dockerignore": "secret.txt\n", "secret.txt": "no\n"},
+			wantErr: "--mount=type=bind: source /secret.txt not found in the build context"},
 		{name: "missing stage source", df: "FROM busybox AS b\nFROM busybox\nRUN --mount=from=b,source=/nope,target=/x true\n",
 			wantErr: "--mount=type=bind: source /nope not found in b"},
 		{name: "later stage", df: "FROM busybox AS first\nRUN --mount=from=later,target=/x true\nFROM busybox AS later\nFROM first\n",
@@ -239,8 +243,11 @@ func TestRunMountErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := builder.Build(context.Background(), builder.Options{
-				ContextDir: btContext(t, map[string]string{"Dockerfile": tc.df}), Store: rtStore(t)})
+			files := map[string]string{"Dockerfile": tc.df}
+			for k, v := range tc.context {
+				files[k] = v
+			}
+			_, err := builder.Build(context.Background(), builder.Options{ContextDir: btContext(t, files), Store: rtStore(t)})
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("error %v, want one containing %q", err, tc.wantErr)
 			}
