@@ -37,6 +37,7 @@ import (
 // attackHost is what the attack tests watch on the host.
 type attackHost struct {
 	exe, exeSum string
+	exeStat     unix.Stat_t
 	null        unix.Stat_t
 	dir         string // host directory of sentinel files
 	sentinel    string // a sentinel file in dir
@@ -73,6 +74,9 @@ func newAttackHost(t *testing.T) *attackHost {
 		t.Fatal(err)
 	}
 	h.exeSum = sha256File(t, h.exe)
+	if err := unix.Stat(h.exe, &h.exeStat); err != nil {
+		t.Fatal(err)
+	}
 	if err := unix.Stat("/dev/null", &h.null); err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +89,7 @@ func newAttackHost(t *testing.T) *attackHost {
 	// cleanup following links would remove (CVE-2024-23652).
 	hostPasswd := "root:x:0:0:" + strings.TrimSpace(h.content) + ":/hostroot:/bin/sh\napp:x:4242:4242::/hostapp:/bin/sh\n"
 	for name, data := range map[string]string{
-		"sentinel": h.content, "sub/file": h.content, "passwd": hostPasswd, "group": "app:x:4242:\n",
+		"sentinel": h.content, "sub/file": h.content, "passwd": hostPasswd, "group": "hostgrp:x:4242:app,root\n",
 		"hosts": "", "resolv.conf": "", "hostname": "", "proc/": "", "sys/": "", "dev/": "", "etc/": "",
 	} {
 		p := filepath.Join(h.dir, name)
@@ -159,6 +163,14 @@ func (h *attackHost) check(t *testing.T, st *layers.Store) {
 	t.Helper()
 	if sum := sha256File(t, h.exe); sum != h.exeSum {
 		t.Errorf("HOST CHANGED: the test binary %s has sha256 %s, was %s", h.exe, sum, h.exeSum)
+	}
+	var exe unix.Stat_t
+	if err := unix.Stat(h.exe, &exe); err != nil {
+		t.Fatal(err)
+	}
+	if exe.Mode != h.exeStat.Mode || exe.Uid != h.exeStat.Uid || exe.Gid != h.exeStat.Gid || exe.Ctim != h.exeStat.Ctim {
+		t.Errorf("HOST CHANGED: the test binary is mode %o owner %d:%d ctime %v, was %o %d:%d %v",
+			exe.Mode, exe.Uid, exe.Gid, exe.Ctim, h.exeStat.Mode, h.exeStat.Uid, h.exeStat.Gid, h.exeStat.Ctim)
 	}
 	var null unix.Stat_t
 	if err := unix.Stat("/dev/null", &null); err != nil {
@@ -356,7 +368,8 @@ func (h *attackHost) run(t *testing.T, st *layers.Store, tc attackCase, mod func
 			}
 		}
 		for p, want := range tc.imageFiles {
-			if fs[p].Content != want {
+			p = strings.TrimPrefix(h.expand(p), "/")
+			if e, ok := fs[p]; !ok || e.Content != want {
 				t.Errorf("image file %s = %q, want %q", p, fs[p].Content, want)
 			}
 		}
@@ -394,6 +407,15 @@ func TestAttackRunHost(t *testing.T) {
 			wantErr: "exit status 1", wantLog: []string{"Permission denied"}},
 		{name: "exec /proc/1/exe", df: "FROM busybox\nRUN /proc/1/exe\n",
 			wantErr: "exit status", wantLog: []string{"Permission denied"}},
+		// Exec form: the init's own child execs the path before it is the
+		// step's process, so /proc/self/exe would be the host binary (runc
+		// execs a sealed copy of itself there since CVE-2019-5736). The
+		// kernel does not resolve it: the binary's mount is not in the
+		// sandbox's mount namespace.
+		{name: "exec form /proc/self/exe", df: "FROM busybox\nRUN [\"/proc/self/exe\", \"-test.list=.\"]\n",
+			wantErr: "run: sandbox: exec /proc/self/exe: no such file or directory"},
+		{name: "exec form /proc/1/exe", df: "FROM busybox\nRUN [\"/proc/1/exe\", \"-test.list=.\"]\n",
+			wantErr: "run: sandbox: exec /proc/1/exe: permission denied"},
 		// The init's root is the pivoted root anyway; the host's files are
 		// out of reach by any name.
 		{name: "list /proc/1/root", df: "FROM busybox\nRUN ls /proc/1/root/\n",
@@ -537,6 +559,23 @@ func TestAttackRunSymlinkBase(t *testing.T) {
 		{files: []registrytest.File{{Name: "etc/hostname", Link: "{{DIR}}/sub/file"}}, attackCase: attackCase{
 			name: "/etc/hostname to a host file", df: "FROM evil\nRUN cat /etc/hostname\n",
 			wantLog: []string{"buildkitsandbox\n"}, emptyLayer: true}},
+		// The same for a shell that is a link to /proc/self/exe.
+		{files: []registrytest.File{{Name: "bin/sh", Link: "/proc/self/exe"}}, attackCase: attackCase{
+			name: "/bin/sh to /proc/self/exe", df: "FROM evil\nRUN true\n", wantErr: "run: sandbox: exec /bin/sh: no such file or directory"}},
+		// WORKDIR and the working directory of RUN follow links inside
+		// the root, here to a directory that exists both in the image and
+		// on the host.
+		{files: []registrytest.File{{Name: "{{DIR}}/"}, {Name: "w", Link: "{{DIR}}"}}, attackCase: attackCase{
+			name: "WORKDIR through a link to a host directory", df: "FROM evil\nWORKDIR /w/new\nRUN echo x > file && pwd\n",
+			wantLog: []string{"{{DIR}}/new\n"}, imageFiles: map[string]string{"{{DIR}}/new/file": "x\n"}}},
+		// passwd and group of a link to host files are not read on the
+		// host: HOME and the groups come from the defaults.
+		{files: []registrytest.File{{Name: "etc/passwd", Link: "{{DIR}}/passwd"}}, attackCase: attackCase{
+			name: "/etc/passwd to a host file", df: "FROM evil\nRUN echo home=$HOME; cat /etc/passwd\n",
+			wantErr: "exit status 1", wantLog: []string{"home=/\n", "can't open '/etc/passwd'"}}},
+		{files: []registrytest.File{{Name: "etc/group", Link: "{{DIR}}/group"}}, attackCase: attackCase{
+			name: "/etc/group to a host file", df: "FROM evil\nUSER app\nRUN echo groups=$(id -G)\n",
+			wantLog: []string{"groups=1000\n"}}},
 		// With /etc a link to a host directory, the image has no passwd:
 		// USER app is unknown rather than read from the host.
 		{files: []registrytest.File{{Name: "etc", Link: "{{DIR}}"}}, attackCase: attackCase{
@@ -553,6 +592,7 @@ func TestAttackRunSymlinkBase(t *testing.T) {
 				t.Run(tc.name, func(t *testing.T) {
 					files := slices.Clone(tc.files)
 					for i := range files {
+						files[i].Name = strings.TrimPrefix(h.expand(files[i].Name), "/")
 						files[i].Link = h.expand(files[i].Link)
 					}
 					tag := fmt.Sprintf("evil%d", i)
