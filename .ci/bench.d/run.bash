@@ -289,7 +289,7 @@ if want bigbase; then
 		eval "per_$base=$per"
 		printf '%-28s %10s %10s %14s\n' "$label" "$t1" "$tn" "$per"
 	done
-	r=$(awk -v a="$per_big" -v b="$per_small" 'BEGIN {printf "%.3f", b > 0 ? a/b : 99}')
+	r=$(awk -v a="$per_big" -v b="$per_small" 'BEGIN {printf "%.3f", (b > 0) ? a / b : 99}')
 	pass_if 'x >= 0.8 && x <= 1.2' "$r" "per-step overhead on the 1 GiB base ${per_big} ms vs ${per_small} ms on the Debian base (ratio $r, target within 20 %)"
 fi
 
