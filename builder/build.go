@@ -38,8 +38,10 @@ type build struct {
 	imagesMu   sync.Mutex
 	images     map[string]*stageResult // COPY --from=<image>, by reference
 
+	snapOnce sync.Once          // creates snap on the first filesystem step that runs
 	snap     layers.Snapshotter // the stages' filesystems
-	execOnce sync.Once          // creates exec on the first RUN
+	snapErr  error
+	execOnce sync.Once // creates exec on the first RUN
 	exec     run.Executor
 	execErr  error
 }
@@ -71,17 +73,21 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	// Stages run in goroutines: when Build returns (a failed stage, a
 	// cancelled ctx), the others are cancelled and waited for before their
 	// directories go.
-	snap, err := layers.NewSnapshotter(ctx, opts.Store, opts.Snapshotter, layers.SnapshotOptions{NoChown: os.Geteuid() != 0})
-	if err != nil {
+	switch opts.Snapshotter {
+	case "", layers.SnapshotterAuto, layers.SnapshotterOverlay, layers.SnapshotterCopy:
+	default:
 		removeTmp()
-		return nil, err
+		return nil, fmt.Errorf("unknown snapshotter %q (want auto, overlay or copy)", opts.Snapshotter)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	var stages sync.WaitGroup
+	var b *build
 	defer func() {
 		cancel()
 		stages.Wait()
-		snap.Close()
+		if b != nil {
+			b.closeSnapshotter()
+		}
 		removeTmp()
 	}()
 
@@ -100,8 +106,8 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &build{opts: opts, bctx: bctx, plan: p, target: target, now: time.Now().UTC(), tmp: tmp,
-		images: map[string]*stageResult{}, stages: &stages, cancel: cancel, snap: snap}
+	b = &build{opts: opts, bctx: bctx, plan: p, target: target, now: time.Now().UTC(), tmp: tmp,
+		images: map[string]*stageResult{}, stages: &stages, cancel: cancel}
 	// Creating the sandbox executor cleans what runs of killed processes
 	// left; an error surfaces at the first RUN.
 	_, _ = b.executor()
@@ -219,4 +225,21 @@ func (b *build) executor() (run.Executor, error) {
 // steps (ROOT/run); run.New with it removes what dead processes left there.
 func RunStateDir(st *layers.Store) string {
 	return filepath.Join(st.Root(), "run")
+}
+
+// snapshotter is the build's snapshotter, created on first use: a build
+// whose steps all come from the cache mounts nothing.
+func (b *build) snapshotter(ctx context.Context) (layers.Snapshotter, error) {
+	b.snapOnce.Do(func() {
+		b.snap, b.snapErr = layers.NewSnapshotter(ctx, b.opts.Store, b.opts.Snapshotter,
+			layers.SnapshotOptions{NoChown: os.Geteuid() != 0})
+	})
+	return b.snap, b.snapErr
+}
+
+func (b *build) closeSnapshotter() {
+	b.snapOnce.Do(func() {}) // no snapshotter from now on
+	if b.snap != nil {
+		b.snap.Close()
+	}
 }

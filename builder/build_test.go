@@ -199,7 +199,7 @@ func TestBuildErrorsNameLine(t *testing.T) {
 		name, df, target, want string
 	}{
 		{"run without a shell", "FROM scratch\n\nRUN make\n", "", "Dockerfile:3: RUN make: run: sandbox: exec /bin/sh: no such file or directory"},
-		{"run mount", "FROM scratch\nRUN --mount=type=secret,id=x make\n", "", "Dockerfile:2: RUN --mount=type=secret,id=x make: RUN --mount=type=secret is not supported yet"},
+		{"run ssh mount", "FROM scratch\nRUN --mount=type=ssh make\n", "", "Dockerfile:2: RUN --mount=type=ssh make: RUN --mount=type=ssh is not supported"},
 		{"run security", "FROM scratch\nRUN --security=insecure make\n", "", "Dockerfile:2: RUN --security=insecure make: RUN --security=insecure is not supported"},
 		{"missing source", "FROM scratch\nCOPY nope /x\n", "", "Dockerfile:2: COPY nope /x: "},
 		{"unknown target", "FROM scratch AS a\n", "b", `target stage "b" could not be found`},

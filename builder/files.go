@@ -21,29 +21,33 @@ import (
 func (r *stageRun) copy(ctx context.Context, c *instructions.CopyCommand) error {
 	op := r.copyOp(c.SourcesAndDest, c.Chown, c.Chmod, c.ExcludePatterns)
 	op.Parents = c.Parents
-	if c.From != "" {
-		src, err := r.b.plan.lookupStage(c.From, r.st)
-		if err != nil {
-			return err
-		}
-		var res *stageResult
-		if src != nil {
-			res, err = r.b.stageResult(ctx, src)
-		} else {
-			res, err = r.b.fromImage(ctx, c.From, r.plat)
-		}
-		if err != nil {
-			return fmt.Errorf("--from=%s: %w", c.From, err)
-		}
-		view, err := r.b.snap.Prepare(ctx, res.layers)
-		if err != nil {
-			return fmt.Errorf("--from=%s: %w", c.From, err)
-		}
-		defer r.b.snap.Release(context.WithoutCancel(ctx), view)
-		op.SrcRoot = view.Dir
-		op.Context = nil
+	msg := copyHistory("COPY", c.SourcesAndDest, c.Parents, c.Chown, c.Chmod)
+	if c.From == "" {
+		return r.commitCopy(ctx, op, c.Link, msg, r.copyInput(ctx, c, op), nil)
 	}
-	return r.commitCopy(ctx, op, c.Link, copyHistory("COPY", c.SourcesAndDest, c.Parents, c.Chown, c.Chmod))
+	res, err := r.fromResult(ctx, c.From)
+	if err != nil {
+		return fmt.Errorf("-%w", err) // "--from=NAME: ..."
+	}
+	op.Context = nil
+	// The source is the stage's or image's filesystem, known by its key:
+	// the view is prepared only when the step runs.
+	input := struct {
+		Cmd          any
+		Workdir, Src string
+	}{c, op.Workdir, res.key.String()}
+	src := func() (string, func(), error) {
+		snap, err := r.b.snapshotter(ctx)
+		if err != nil {
+			return "", nil, err
+		}
+		view, err := snap.Prepare(ctx, res.layers)
+		if err != nil {
+			return "", nil, fmt.Errorf("--from=%s: %w", c.From, err)
+		}
+		return view.Dir, func() { snap.Release(context.WithoutCancel(ctx), view) }, nil
+	}
+	return r.commitCopy(ctx, op, c.Link, msg, input, src)
 }
 
 // add runs ADD: like COPY from the context, plus URLs and local archives.
@@ -58,7 +62,7 @@ func (r *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	if c.Checksum != "" && len(c.SourcePaths) != 1 {
 		return errors.New("checksum can't be specified for multiple sources")
 	}
-	return r.commitCopy(ctx, op, c.Link, copyHistory("ADD", c.SourcesAndDest, false, c.Chown, c.Chmod))
+	return r.commitCopy(ctx, op, c.Link, copyHistory("ADD", c.SourcesAndDest, false, c.Chown, c.Chmod), r.copyInput(ctx, c, op), nil)
 }
 
 func (r *stageRun) copyOp(sd instructions.SourcesAndDest, chown, chmod string, excludes []string) copyOp {
@@ -75,71 +79,117 @@ func (r *stageRun) copyOp(sd instructions.SourcesAndDest, chown, chmod string, e
 
 // commitCopy performs op and commits its changes as one layer. With --link
 // the files are written into an empty directory first, so that the layer
-// does not depend on the stage's filesystem.
-func (r *stageRun) commitCopy(ctx context.Context, op copyOp, link bool, msg string) error {
+// does not depend on the stage's filesystem. input is the step's cache
+// input (nil: not cacheable); src, when non-nil, prepares op.SrcRoot when
+// the step runs and returns it with its release.
+func (r *stageRun) commitCopy(ctx context.Context, op copyOp, link bool, msg string, input any, src func() (string, func(), error)) error {
 	msg += " # buildkit"
-	if !link {
-		return r.withMount(ctx, msg, func(root string) error {
-			op.DestRoot, op.UserRoot = root, root
-			_, err := copyFiles(ctx, op)
-			return err
-		})
-	}
-	if chownByName(op.Chown) {
+	if link && chownByName(op.Chown) {
 		return fmt.Errorf("--chown=%s: user and group names can't be resolved when used with --link, use numeric uid[:gid] instead", op.Chown)
 	}
+	kind := "copy"
+	if link {
+		kind = "copy-link"
+	}
+	return r.fsStep(ctx, kind, input, msg, func() (v1.Layer, error) {
+		if src != nil {
+			root, release, err := src()
+			if err != nil {
+				return nil, err
+			}
+			defer release()
+			op.SrcRoot = root
+		}
+		if !link {
+			return r.onMount(ctx, func(root string) error {
+				op.DestRoot, op.UserRoot = root, root
+				_, err := copyFiles(ctx, op)
+				return err
+			})
+		}
+		return r.linkLayer(ctx, op)
+	})
+}
+
+// linkLayer writes the files of op into an empty directory and makes them
+// a layer.
+func (r *stageRun) linkLayer(ctx context.Context, op copyOp) (v1.Layer, error) {
 	dir, err := os.MkdirTemp(r.b.tmp, "link-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer os.RemoveAll(dir)
 	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
 	op.DestRoot = dir
 	changed, err := copyFiles(ctx, op)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	l, err := r.b.opts.Store.WriteLayer(ctx, func(w io.Writer) error {
+	return r.b.opts.Store.WriteLayer(ctx, func(w io.Writer) error {
 		if len(changed) == 0 {
 			return tar.NewWriter(w).Close()
 		}
 		return layers.WriteTar(ctx, w, dir, layers.TarOptions{Paths: changed, SourceDateEpoch: r.b.epoch})
 	}, r.b.opts.Layer)
-	if err != nil {
-		return err
-	}
-	r.addLayer(l, msg)
-	return nil
 }
 
-// withMount runs fn on a writable view of the stage's filesystem and
-// commits what it changed as the step's layer, with history createdBy. No
-// change makes an empty layer (a tar of no entries), as BuildKit's.
-func (r *stageRun) withMount(ctx context.Context, msg string, fn func(root string) error) error {
-	snap := r.b.snap
-	m, err := snap.Prepare(ctx, r.layers)
-	if err != nil {
-		return err
-	}
-	defer snap.Release(context.WithoutCancel(ctx), m)
-	if err := fn(m.Dir); err != nil {
-		return err
-	}
-	l, err := snap.Commit(ctx, m, layers.CommitOptions{Layer: r.b.opts.Layer, SourceDateEpoch: r.b.epoch})
-	if err != nil {
-		return err
-	}
-	if l == nil {
-		if l, err = r.b.opts.Store.WriteLayer(ctx, func(w io.Writer) error {
-			return tar.NewWriter(w).Close()
-		}, r.b.opts.Layer); err != nil {
+// fsStep runs a filesystem step with history createdBy msg: from the cache
+// when the key of (kind, input) is there, else through produce, whose
+// layer is then cached. A nil input is a step that cannot be cached: it
+// always runs, and the keys after it follow its layer's content.
+func (r *stageRun) fsStep(ctx context.Context, kind string, input any, msg string, produce func() (v1.Layer, error)) error {
+	var key v1.Hash
+	if input != nil {
+		k, err := r.stepKey(kind, input)
+		if err != nil {
+			return err
+		}
+		key = k
+		if hit, err := r.cached(ctx, key, msg); err != nil || hit {
 			return err
 		}
 	}
+	l, err := produce()
+	if err != nil {
+		return err
+	}
 	r.addLayer(l, msg)
-	return nil
+	if input == nil {
+		diffID, err := l.DiffID()
+		if err != nil {
+			return err
+		}
+		r.key, err = r.stepKey("content", diffID.String())
+		return err
+	}
+	return r.remember(ctx, key, l, msg)
+}
+
+// onMount runs fn on a writable view of the stage's filesystem and commits
+// what it changed as a layer. No change makes an empty layer (a tar of no
+// entries), as BuildKit's.
+func (r *stageRun) onMount(ctx context.Context, fn func(root string) error) (v1.Layer, error) {
+	snap, err := r.b.snapshotter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m, err := snap.Prepare(ctx, r.layers)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Release(context.WithoutCancel(ctx), m)
+	if err := fn(m.Dir); err != nil {
+		return nil, err
+	}
+	l, err := snap.Commit(ctx, m, layers.CommitOptions{Layer: r.b.opts.Layer, SourceDateEpoch: r.b.epoch})
+	if err != nil || l != nil {
+		return l, err
+	}
+	return r.b.opts.Store.WriteLayer(ctx, func(w io.Writer) error {
+		return tar.NewWriter(w).Close()
+	}, r.b.opts.Layer)
 }
 
 func (r *stageRun) addLayer(l v1.Layer, createdBy string) {
@@ -207,13 +257,16 @@ func (r *stageRun) workdir(ctx context.Context, c *instructions.WorkdirCommand) 
 		r.history(msg, false)
 		return nil
 	}
-	return r.withMount(ctx, msg, func(root string) error {
-		uid, gid, err := lookupChown(root, r.cfg.Config.User) // "" is 0:0
-		if err != nil {
+	input := struct{ Dir, User string }{wd, r.cfg.Config.User}
+	return r.fsStep(ctx, "workdir", input, msg, func() (v1.Layer, error) {
+		return r.onMount(ctx, func(root string) error {
+			uid, gid, err := lookupChown(root, r.cfg.Config.User) // "" is 0:0
+			if err != nil {
+				return err
+			}
+			_, err = mkdirAllInRoot(root, wd, uid, gid, r.b.epoch)
 			return err
-		}
-		_, err = mkdirAllInRoot(root, wd, uid, gid, r.b.epoch)
-		return err
+		})
 	})
 }
 

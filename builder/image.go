@@ -45,7 +45,7 @@ func (b *build) scratch(plat v1.Platform) *stageResult {
 		RootFS: v1.RootFS{Type: "layers"}}
 	cfg.Config.WorkingDir = "/"
 	cfg.Config.Env = []string{"PATH=" + defaultPath}
-	return &stageResult{cfg: cfg, platform: plat}
+	return &stageResult{cfg: cfg, platform: plat, key: baseKey("scratch", plat)}
 }
 
 // image resolves ref for plat: a tag already in the local store is used as
@@ -85,7 +85,11 @@ func (b *build) image(ctx context.Context, ref string, plat v1.Platform) (*stage
 	if cfg.OS != "" && cfg.Architecture != "" {
 		p = v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
 	}
-	return &stageResult{cfg: cfg, layers: ls, platform: p, startInterval: si}, nil
+	dgst, err := img.Digest()
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", ref, err)
+	}
+	return &stageResult{cfg: cfg, layers: ls, platform: p, startInterval: si, key: baseKey(dgst.String(), p)}, nil
 }
 
 // finish assembles the target stage into an image, stores and tags it, and

@@ -52,8 +52,12 @@ type Options struct {
 	Target string
 	// Platform is the target platform "os/arch[/variant]"; "" means the host's.
 	Platform string
-	// NoCache disables the build cache.
+	// NoCache disables the build cache: every step runs (and is cached
+	// again).
 	NoCache bool
+	// NoCacheFilter names the stages (names or indices) whose steps run
+	// even when cached (--no-cache-filter).
+	NoCacheFilter []string
 	// SourceDateEpoch, when non-nil, clamps every timestamp in the image.
 	// When nil, the SOURCE_DATE_EPOCH build arg is used if given.
 	SourceDateEpoch *time.Time

@@ -30,6 +30,12 @@ type stage struct {
 	err  error
 }
 
+// matches reports whether name (as given to --no-cache-filter or
+// --target) is this stage: its name, or its index.
+func (s *stage) matches(name string) bool {
+	return (s.name != "" && strings.EqualFold(name, s.name)) || name == fmt.Sprint(s.index)
+}
+
 // label is how progress output names the stage.
 func (s *stage) label() string {
 	if s.name != "" {

@@ -129,11 +129,15 @@ func (r *stageRun) mountFrom(ctx context.Context, sm *stepMounts, from string) (
 	if err != nil {
 		return "", nil, err
 	}
-	view, err := r.b.snap.Prepare(ctx, res.layers)
+	snap, err := r.b.snapshotter(ctx)
+	if err != nil {
+		return "", nil, err
+	}
+	view, err := snap.Prepare(ctx, res.layers)
 	if err != nil {
 		return "", nil, fmt.Errorf("from=%s: %w", from, err)
 	}
-	sm.releases = append(sm.releases, func() { r.b.snap.Release(context.WithoutCancel(ctx), view) })
+	sm.releases = append(sm.releases, func() { snap.Release(context.WithoutCancel(ctx), view) })
 	return view.Dir, res, nil
 }
 

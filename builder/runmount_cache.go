@@ -117,11 +117,15 @@ func layerChain(res *stageResult) (string, error) {
 
 // seedCache copies the directory src of from's filesystem into dir.
 func (r *stageRun) seedCache(ctx context.Context, from *stageResult, name, src, dir string) error {
-	view, err := r.b.snap.Prepare(ctx, from.layers)
+	snap, err := r.b.snapshotter(ctx)
+	if err != nil {
+		return err
+	}
+	view, err := snap.Prepare(ctx, from.layers)
 	if err != nil {
 		return fmt.Errorf("from=%s: %w", name, err)
 	}
-	defer r.b.snap.Release(context.WithoutCancel(ctx), view)
+	defer snap.Release(context.WithoutCancel(ctx), view)
 	host, err := securejoin.SecureJoin(view.Dir, src)
 	if err != nil {
 		return err

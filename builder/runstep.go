@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
@@ -44,40 +45,79 @@ func (r *stageRun) run(ctx context.Context, c *instructions.RunCommand) error {
 	}
 	env := r.runProcessEnv()
 	msg := "RUN " + runCommandString(args, r.args, env) + " # buildkit"
-	mounts, err := r.runMounts(ctx, c)
+	input, err := r.runInput(ctx, c, args, env, network, scripts)
 	if err != nil {
 		return err
 	}
-	defer mounts.release()
-	out := newStepOutput(r.b, r.ev)
-	return r.withMount(ctx, msg, func(root string) error {
-		u, err := lookupUser(root, r.cfg.Config.User)
+	return r.fsStep(ctx, "run", input, msg, func() (v1.Layer, error) {
+		mounts, err := r.runMounts(ctx, c)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if _, ok := getEnv(env, "HOME"); !ok {
-			env = append(env, "HOME="+u.Home)
-		}
-		env = mounts.withEnv(env) // after the history text: secrets stay out of it
-		// The primary group is a supplementary group too, as BuildKit's
-		// ensureAdditionalGids (CVE-2023-25173).
-		groups := append([]int{u.GID}, slices.DeleteFunc(u.ExtraGIDs, func(g int) bool { return g == u.GID })...)
-		spec := run.Spec{
-			Rootfs: root, Args: args, Env: env, Cwd: r.workdirOrRoot(),
-			UID: u.UID, GID: u.GID, ExtraGIDs: groups,
-			Hostname: sandboxHostname, Network: network, Scripts: scripts,
-			Stdout: out, Stderr: out,
-			Memory: r.b.opts.Memory, PidsLimit: r.b.opts.PidsLimit,
-			Mounts: mounts.mounts,
-		}
-		err = exec.Run(ctx, spec)
-		out.flush()
-		var exitErr *run.ExitError
-		if errors.As(err, &exitErr) {
-			return &runError{err: exitErr, tail: out.tail()}
-		}
-		return err
+		defer mounts.release()
+		return r.onMount(ctx, func(root string) error {
+			return r.runIn(ctx, root, exec, args, env, network, scripts, mounts)
+		})
 	})
+}
+
+// runIn runs the step's process in root.
+func (r *stageRun) runIn(ctx context.Context, root string, exec run.Executor, args, env []string, network string, scripts []run.Script, mounts *stepMounts) error {
+	u, err := lookupUser(root, r.cfg.Config.User)
+	if err != nil {
+		return err
+	}
+	if _, ok := getEnv(env, "HOME"); !ok {
+		env = append(env, "HOME="+u.Home)
+	}
+	env = mounts.withEnv(env) // after the history text: secrets stay out of it
+	// The primary group is a supplementary group too, as BuildKit's
+	// ensureAdditionalGids (CVE-2023-25173).
+	groups := append([]int{u.GID}, slices.DeleteFunc(u.ExtraGIDs, func(g int) bool { return g == u.GID })...)
+	out := newStepOutput(r.b, r.ev)
+	spec := run.Spec{
+		Rootfs: root, Args: args, Env: env, Cwd: r.workdirOrRoot(),
+		UID: u.UID, GID: u.GID, ExtraGIDs: groups,
+		Hostname: sandboxHostname, Network: network, Scripts: scripts,
+		Stdout: out, Stderr: out,
+		Memory: r.b.opts.Memory, PidsLimit: r.b.opts.PidsLimit,
+		Mounts: mounts.mounts,
+	}
+	err = exec.Run(ctx, spec)
+	out.flush()
+	var exitErr *run.ExitError
+	if errors.As(err, &exitErr) {
+		return &runError{err: exitErr, tail: out.tail()}
+	}
+	return err
+}
+
+// runInput is the cache input of a RUN step (see stepKey); nil, so always
+// run, when it bind-mounts the build context, whose content the key does
+// not cover yet.
+func (r *stageRun) runInput(ctx context.Context, c *instructions.RunCommand, args, env []string, network string, scripts []run.Script) (any, error) {
+	ms := instructions.GetMounts(c)
+	var from []string // keys of the stages and images mounted from
+	for _, m := range ms {
+		if m.Type == instructions.MountTypeBind && m.From == "" {
+			return nil, nil
+		}
+		if m.From != "" {
+			res, err := r.fromResult(ctx, m.From)
+			if err != nil {
+				return nil, fmt.Errorf("--mount=type=%s: %w", m.Type, err)
+			}
+			from = append(from, res.key.String())
+		}
+	}
+	return struct {
+		Args, Env              []string
+		User, Workdir, Network string
+		Scripts                []run.Script
+		Mounts                 []*instructions.Mount
+		From                   []string
+		Memory, Pids           int64
+	}{args, env, r.cfg.Config.User, r.workdirOrRoot(), network, scripts, ms, from, r.b.opts.Memory, r.b.opts.PidsLimit}, nil
 }
 
 // checkRunFlags fails for RUN flags imgbuild does not implement, rather than

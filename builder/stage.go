@@ -22,6 +22,7 @@ type stageResult struct {
 	layers   []v1.Layer
 	runEnv   []string   // ENV plus ARG values in scope, inherited by FROM <stage>
 	args     []argValue // ARGs declared in scope, for RUN's history
+	key      v1.Hash    // cache key of the last filesystem step (or the base)
 	platform v1.Platform
 	// startInterval is HEALTHCHECK --start-interval, which go-containerregistry's
 	// config type does not carry; it is written into the final config.
@@ -38,8 +39,10 @@ type stageRun struct {
 	runEnv []string
 	args   []argValue
 	plat   v1.Platform
-	cmdSet bool  // CMD given in this stage (ENTRYPOINT then keeps it)
-	ev     Event // the running step's, for its output
+	cmdSet bool    // CMD given in this stage (ENTRYPOINT then keeps it)
+	ev     Event   // the running step's, for its output
+	key    v1.Hash // cache key of the filesystem so far
+	hit    bool    // the running step came from the cache
 
 	startInterval time.Duration
 }
@@ -59,6 +62,7 @@ func (b *build) runStage(ctx context.Context, st *stage) (*stageResult, error) {
 	r.layers = append([]v1.Layer(nil), base.layers...)
 	r.runEnv = append([]string(nil), base.runEnv...)
 	r.args = append([]argValue(nil), base.args...)
+	r.key = base.key
 	r.plat = base.platform
 	r.startInterval = base.startInterval
 	if _, ok := getEnv(r.cfg.Config.Env, "PATH"); !ok {
@@ -80,7 +84,7 @@ func (b *build) runStage(ctx context.Context, st *stage) (*stageResult, error) {
 			return nil, err
 		}
 	}
-	return &stageResult{cfg: r.cfg, layers: r.layers, runEnv: r.runEnv, args: r.args,
+	return &stageResult{cfg: r.cfg, layers: r.layers, runEnv: r.runEnv, args: r.args, key: r.key,
 		platform: r.plat, startInterval: r.startInterval}, nil
 }
 
@@ -114,12 +118,12 @@ func (r *stageRun) step(ctx context.Context, cmd instructions.Command, prefix st
 	text := prefix + commandText(cmd)
 	ev := Event{Step: int(b.step.Add(1)), Total: b.plan.steps, Stage: r.st.label(), Instruction: text, Started: time.Now()}
 	b.progress(ev)
-	r.ev = ev
+	r.ev, r.hit = ev, false
 	err := r.expand(cmd)
 	if err == nil {
 		err = r.dispatch(ctx, cmd)
 	}
-	ev.Done, ev.Err = time.Now(), err
+	ev.Done, ev.Err, ev.Cached = time.Now(), err, r.hit && err == nil
 	b.progress(ev)
 	if err != nil {
 		loc := cmd.Location()

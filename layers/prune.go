@@ -26,7 +26,7 @@ type PruneReport struct {
 const TempGrace = 15 * time.Minute
 
 // Prune drops untagged images from the index, deletes the blobs no tagged
-// image references, and removes what is left in Root()/tmp (entries older
+// image and no build cache record references, and removes what is left in Root()/tmp (entries older
 // than TempGrace). It first waits (until ctx is done) for every lease to be
 // released, so it never deletes the blobs or scratch files of a build
 // running in this or another process. If a tagged image cannot be read,
@@ -60,6 +60,14 @@ func (s *Store) Prune(ctx context.Context) (PruneReport, error) {
 		if err := s.markReachable(keep, diffIDs, d.Digest); err != nil {
 			return rep, fmt.Errorf("pruning: image %s: %w", d.Annotations[RefNameAnnotation], err)
 		}
+	}
+	recs, err := s.CacheRecords(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("pruning: %w", err)
+	}
+	for _, r := range recs { // the build cache keeps its layers (PruneCache drops records)
+		keep[r.Layer.Digest] = true
+		diffIDs[r.DiffID] = true
 	}
 	if err := s.sweepBlobs(ctx, keep, &rep); err != nil {
 		return rep, fmt.Errorf("pruning: %w", err)

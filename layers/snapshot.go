@@ -407,12 +407,13 @@ type snapEntry struct {
 func (e *snapEntry) isDir() bool { return e.mode&unix.S_IFMT == unix.S_IFDIR }
 
 // same reports whether nothing the snapshot records differs.
-// A ctime that moved with the link count only is a link added or removed
-// elsewhere, not a change of this name (BuildKit's differs ignore ctimes).
-func (e *snapEntry) same(o *snapEntry) bool {
+// relinked says that names of o's inode were added or removed: a ctime
+// that moved then is a link made or removed elsewhere, not a change of
+// this name (BuildKit's differs ignore ctimes).
+func (e *snapEntry) same(o *snapEntry, relinked bool) bool {
 	return e.mode == o.mode && e.uid == o.uid && e.gid == o.gid && e.ino == o.ino &&
 		e.rdev == o.rdev && e.size == o.size && e.mtime == o.mtime &&
-		(e.ctime == o.ctime || e.nlink != o.nlink)
+		(e.ctime == o.ctime || relinked || e.nlink != o.nlink)
 }
 
 // sameDir reports whether directory o has e's mode and owner.

@@ -268,6 +268,7 @@ type change struct {
 // diffSnapshots lists the changes from old to cur (both in ComparePaths
 // order), sorted by key (see copySnapshotter).
 func diffSnapshots(old, cur []snapEntry) []change {
+	relinked := relinkedInodes(old, cur)
 	kept := map[string]bool{"": true} // directories that are the same directory
 	fresh := map[string]bool{}        // directories written with all their content
 	dirs := map[string]int{}          // directory path -> index in cur
@@ -322,11 +323,38 @@ func diffSnapshots(old, cur []snapEntry) []change {
 			if !o.sameDir(n) {
 				add(j-1, false)
 			}
-		case !o.same(n):
+		case !o.same(n, relinked[n.ino]):
 			add(j-1, false)
 		}
 	}
 	return withParents(out, dirs)
+}
+
+// relinkedInodes are the inodes of non-directories that gained or lost a
+// name from old to cur.
+func relinkedInodes(old, cur []snapEntry) map[uint64]bool {
+	names := func(es []snapEntry) map[string]uint64 {
+		m := map[string]uint64{}
+		for i := range es {
+			if !es[i].isDir() && es[i].nlink > 1 {
+				m[es[i].path] = es[i].ino
+			}
+		}
+		return m
+	}
+	before, after := names(old), names(cur)
+	out := map[uint64]bool{}
+	for p, ino := range before {
+		if after[p] != ino {
+			out[ino] = true
+		}
+	}
+	for p, ino := range after {
+		if before[p] != ino {
+			out[ino] = true
+		}
+	}
+	return out
 }
 
 // withParents adds the parent directories of every change and sorts.
