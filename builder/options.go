@@ -58,6 +58,15 @@ type Options struct {
 	// NoCacheFilter names the stages (names or indices) whose steps run
 	// even when cached (--no-cache-filter).
 	NoCacheFilter []string
+	// CacheFrom are remote caches whose steps a build may use when the
+	// local cache misses (--cache-from); a missing or broken one is a
+	// warning (Options.Warn), not an error.
+	CacheFrom []CacheSpec
+	// CacheTo are where the build exports its cache (--cache-to).
+	CacheTo []CacheSpec
+	// Warn, when non-nil, receives warnings (a cache that could not be
+	// read or written).
+	Warn func(msg string)
 	// SourceDateEpoch, when non-nil, clamps every timestamp in the image.
 	// When nil, the SOURCE_DATE_EPOCH build arg is used if given.
 	SourceDateEpoch *time.Time
