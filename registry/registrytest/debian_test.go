@@ -114,6 +114,9 @@ func TestDebianRootfsScript(t *testing.T) {
 	if runs, _ := os.ReadFile(count); string(runs) != "run\n" {
 		t.Errorf("debootstrap ran %d times for %d concurrent callers, want once", strings.Count(string(runs), "run"), callers)
 	}
+	if fi, err := os.Stat(want); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("rootfs %s: %v, %v; want mode 0755", want, fi.Mode(), err)
+	}
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stale %s not removed (%v)", stale, err)
 	}
@@ -307,6 +310,9 @@ func TestCachedDirLayer(t *testing.T) {
 }
 
 func TestDebianImage(t *testing.T) {
+	if fi, err := os.Stat(DebianRootfs(t)); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("DebianRootfs: %v, %v; want a directory of mode 0755", fi.Mode(), err)
+	}
 	start := time.Now()
 	img := DebianImage(t)
 	t.Logf("DebianImage: %v", time.Since(start).Round(time.Millisecond))
