@@ -122,36 +122,31 @@ func destPath(workdir, dest string) string {
 // URLs and expanding wildcards.
 func (c *copier) collect(ctx context.Context) ([]srcItem, error) {
 	op := c.op
-	if op.KeepGitDir {
-		return nil, errors.New("ADD --keep-git-dir: ADD of git repositories is not supported yet")
+	if err := checkKeepGitDir(op); err != nil {
+		return nil, err
 	}
 	var items []srcItem
 	for _, src := range op.Sources {
-		switch {
-		case isGitSource(src):
-			if !op.Add {
-				return nil, errors.New("source can't be a git ref for COPY")
-			}
-			return nil, fmt.Errorf("ADD %s: ADD of git repositories is not supported yet", src)
-		case isHTTPSource(src):
-			if !op.Add {
-				return nil, errors.New("source can't be a URL for COPY")
-			}
+		remote, err := checkSource(op, src)
+		if err != nil {
+			return nil, err
+		}
+		if remote {
 			it, err := c.fetch(ctx, src)
 			if err != nil {
 				return nil, err
 			}
 			items = append(items, it)
-		default:
-			if op.Checksum != "" {
-				return nil, errors.New("checksum requires HTTP(S) or Git sources")
-			}
-			found, err := c.localItems(src)
-			if err != nil {
-				return nil, err
-			}
-			items = append(items, found...)
+			continue
 		}
+		found, err := c.localItems(src)
+		if err != nil {
+			return nil, err
+		}
+		for i := range found {
+			found[i].unpack = c.isUnpacked(&found[i])
+		}
+		items = append(items, found...)
 	}
 	for _, h := range op.Heredocs {
 		it, err := c.heredocItem(h)
@@ -161,6 +156,35 @@ func (c *copier) collect(ctx context.Context) ([]srcItem, error) {
 		items = append(items, it)
 	}
 	return items, nil
+}
+
+// checkKeepGitDir refuses ADD --keep-git-dir (git sources are not supported).
+func checkKeepGitDir(op *copyOp) error {
+	if op.KeepGitDir {
+		return errors.New("ADD --keep-git-dir: ADD of git repositories is not supported yet")
+	}
+	return nil
+}
+
+// checkSource applies op's rules to one source argument: remote reports an
+// http(s) URL to download (ADD only); git sources, URLs in COPY and
+// --checksum with a local source are errors.
+func checkSource(op *copyOp, src string) (remote bool, err error) {
+	switch {
+	case isGitSource(src):
+		if !op.Add {
+			return false, errors.New("source can't be a git ref for COPY")
+		}
+		return false, fmt.Errorf("ADD %s: ADD of git repositories is not supported yet", src)
+	case isHTTPSource(src):
+		if !op.Add {
+			return false, errors.New("source can't be a URL for COPY")
+		}
+		return true, nil
+	case op.Checksum != "":
+		return false, errors.New("checksum requires HTTP(S) or Git sources")
+	}
+	return false, nil
 }
 
 // copyItem copies one source item to dest (fsutil's Copy for one source):

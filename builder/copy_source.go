@@ -26,6 +26,7 @@ type srcItem struct {
 	ctxRoot   string        // path's context-relative location (for .dockerignore)
 	keepOwner bool          // keep source owners (COPY --from)
 	unpack    bool          // extract as an archive into the destination (ADD)
+	mayUnpack bool          // a local regular file ADD extracts if it is an archive
 	// include holds --parents patterns, relative to path.
 	include         *patternmatcher.PatternMatcher
 	includePatterns []string
@@ -122,10 +123,16 @@ func (c *copier) item(fsys sourceFS, p string) (srcItem, error) {
 		it.ctx = fsys.bc
 		it.ctxRoot, _ = fsys.bc.rel(r)
 	}
-	if c.op.Add && fi.Mode().IsRegular() && (c.op.Unpack == nil || *c.op.Unpack) {
-		it.unpack = isArchive(r)
-	}
+	it.mayUnpack = c.op.Add && fi.Mode().IsRegular() && (c.op.Unpack == nil || *c.op.Unpack)
 	return it, nil
+}
+
+// isUnpacked reports whether ADD extracts the local item it: a regular
+// file (not a --parents tree) that reads as a tar archive. It reads the
+// file's first bytes; sourcesDigest, which must not, hashes the whole
+// content instead.
+func (c *copier) isUnpacked(it *srcItem) bool {
+	return it.mayUnpack && isArchive(it.path)
 }
 
 // parentsItems handles COPY --parents: the part before "/./" (or "/") is
@@ -166,7 +173,7 @@ func (c *copier) parentsItems(src string) ([]srcItem, error) {
 		if err != nil {
 			return nil, err
 		}
-		it.unpack = false
+		it.mayUnpack = false
 		if fi, err := os.Stat(it.path); err == nil && !fi.IsDir() {
 			continue // --parents copies directory trees; a file pivot has nothing below it
 		}

@@ -56,10 +56,29 @@ func newCopier(op *copyOp) (*copier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("destination root: %w", err)
 	}
+	c, err := newSourceCopier(op)
+	if err != nil {
+		return nil, err
+	}
+	c.root = root
+	if op.Chown != "" {
+		uid, gid, err := lookupChown(op.UserRoot, op.Chown)
+		if err != nil {
+			return nil, err
+		}
+		c.own = &owner{uid, gid}
+	}
+	return c, nil
+}
+
+// newSourceCopier prepares the source side of op only (source root,
+// --chmod, --exclude): enough to select the sources, not to write them.
+func newSourceCopier(op *copyOp) (*copier, error) {
 	c := &copier{
-		op: op, root: root, euid: os.Geteuid(), egid: os.Getegid(),
+		op: op, euid: os.Geteuid(), egid: os.Getegid(),
 		inodes: map[[2]uint64]string{}, changed: map[string]struct{}{},
 	}
+	var err error
 	if op.SrcRoot != "" {
 		if c.srcRoot, err = cleanRoot(op.SrcRoot); err != nil {
 			return nil, fmt.Errorf("source root: %w", err)
@@ -69,13 +88,6 @@ func newCopier(op *copyOp) (*copier, error) {
 	}
 	if c.chmod, err = parseChmod(op.Chmod); err != nil {
 		return nil, err
-	}
-	if op.Chown != "" {
-		uid, gid, err := lookupChown(op.UserRoot, op.Chown)
-		if err != nil {
-			return nil, err
-		}
-		c.own = &owner{uid, gid}
 	}
 	if c.excludes, err = newExcludeMatcher(op.Excludes); err != nil {
 		return nil, err
@@ -185,43 +197,17 @@ func (c *copier) copyEntry(ctx context.Context, it *srcItem, src, rel, target st
 	if err != nil {
 		return fmt.Errorf("copying %s: %w", it.display(rel), err)
 	}
-	include, excluded := true, false
-	var st walkState
-	if rel != "" {
-		if it.ctx != nil && it.ctx.hidden(it.ctxPath(rel), fi.IsDir()) {
-			return nil
-		}
-		if it.include != nil {
-			if include, st.include, err = it.include.MatchesUsingParentResults(rel, parent.include); err != nil {
-				return err
-			}
-			if !include && fi.IsDir() && !mayContainMatch(it.includePatterns, rel) {
-				return nil
-			}
-		}
-		if c.excludes != nil {
-			var ex bool
-			if ex, st.exclude, err = c.excludes.MatchesUsingParentResults(rel, parent.exclude); err != nil {
-				return err
-			}
-			if ex {
-				include, excluded = false, true
-				if it.include == nil && !c.excludes.Exclusions() {
-					return nil
-				}
-			}
-		}
+	sel, err := c.selectEntry(it, rel, fi, parent)
+	if err != nil || sel.skip {
+		return err
 	}
-	if !include && !fi.IsDir() {
-		return nil
-	}
-	if include {
+	if sel.include {
 		if err := c.createPending(it); err != nil {
 			return err
 		}
 	}
 	if fi.IsDir() {
-		return c.copyDir(ctx, it, src, rel, target, fi, overwrite, include, excluded, st)
+		return c.copyDir(ctx, it, src, rel, target, fi, overwrite, sel.include, sel.excluded, sel.st)
 	}
 	if err := ensureEmptyFileTarget(target); err != nil {
 		return err
@@ -249,7 +235,7 @@ func (c *copier) copyDir(ctx context.Context, it *srcItem, src, rel, target stri
 	c.pending = append(c.pending, pendingDir{src: src, dst: target, done: include})
 	defer func() { c.pending = c.pending[:len(c.pending)-1] }()
 
-	if !excluded || (c.excludes != nil && c.excludes.Exclusions()) {
+	if c.walkExcluded(excluded) {
 		entries, err := os.ReadDir(src)
 		if err != nil {
 			return fmt.Errorf("copying %s: %w", it.display(rel), err)
