@@ -121,6 +121,7 @@ func newApp(s *streams) *cli.App {
 			tagCommand(s),
 			rmCommand(s),
 			pruneCommand(s),
+			duCommand(s),
 			versionCommand(s),
 		},
 	}

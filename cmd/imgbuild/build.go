@@ -42,8 +42,7 @@ func buildCommand(s *streams) *cli.Command {
 			&cli.StringFlag{Name: "progress", Value: "auto", Usage: "progress `MODE`: auto, plain or json (auto is plain for now, terminal or not)"},
 			&cli.StringFlag{Name: "compression", Value: "gzip", Usage: "layer compression `CODEC`: gzip, zstd or uncompressed"},
 			&cli.IntFlag{Name: "compression-level", Usage: "compression `LEVEL`: 1-9 for gzip, 1-22 for zstd", DefaultText: "the compressor's"},
-			&cli.BoolFlag{Name: "no-cache", Usage: "do not use the build cache"},
-		}, runFlags()...),
+		}, append(cacheFlags(), runFlags()...)...),
 		Action: func(c *cli.Context) error { return buildAction(c, s) },
 	}
 }
@@ -72,7 +71,6 @@ func buildOptions(c *cli.Context, s *streams) (*buildConfig, error) {
 	}
 	o := &cfg.opts
 	o.Target = c.String("target")
-	o.NoCache = c.Bool("no-cache")
 	o.Registry.Insecure = c.StringSlice("insecure-registry")
 
 	if err := contextAndDockerfile(c, s, o); err != nil {
@@ -110,6 +108,9 @@ func buildOptions(c *cli.Context, s *streams) (*buildConfig, error) {
 	}
 	if o.SourceDateEpoch, err = sourceDateEpoch(s.lookupEnv); err != nil {
 		return nil, usagef(c, "%v", err)
+	}
+	if err := cacheOptions(c, o); err != nil {
+		return nil, err
 	}
 	if err := runOptions(c, s, o); err != nil {
 		return nil, err
@@ -325,10 +326,10 @@ func buildAction(c *cli.Context, s *streams) error {
 	if o.Store, err = openStore(c, s); err != nil {
 		return err
 	}
-	var r *renderer
+	stderr := &syncWriter{w: s.stderr}
+	o.Warn = warner(stderr)
 	if !cfg.quiet {
-		r = newRenderer(s.stderr, cfg.progress)
-		o.Progress = r.event
+		o.Progress = newRenderer(stderr, cfg.progress).event
 	}
 	res, err := builder.Build(c.Context, *o)
 	if err != nil {

@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -17,8 +15,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/urfave/cli/v2"
 
-	"github.com/imgbuild/imgbuild/builder"
-	sandbox "github.com/imgbuild/imgbuild/builder/run"
 	"github.com/imgbuild/imgbuild/layers"
 )
 
@@ -257,43 +253,4 @@ func rmCommand(s *streams) *cli.Command {
 			return errors.Join(errs...)
 		},
 	}
-}
-
-func pruneCommand(s *streams) *cli.Command {
-	return &cli.Command{
-		Name:  "prune",
-		Usage: "remove blobs and data no tagged image uses",
-		Action: func(c *cli.Context) error {
-			if err := needArgs(c, 0, 0); err != nil {
-				return err
-			}
-			st, err := openStore(c, s)
-			if err != nil {
-				return err
-			}
-			rep, err := st.Prune(c.Context)
-			if err != nil {
-				return fmt.Errorf("pruning: %w", err)
-			}
-			if err := cleanRunState(st); err != nil {
-				return fmt.Errorf("pruning: %w", err)
-			}
-			fmt.Fprintf(s.stdout, "Deleted %d blobs and %d untagged images, total reclaimed space: %s\n", rep.Blobs, rep.Images,
-				units.HumanSizeWithPrecision(float64(rep.Bytes), 3))
-			return nil
-		},
-	}
-}
-
-// cleanRunState removes the run directories and cgroups that RUN steps of
-// dead imgbuild processes (kill -9) left in the sandbox's state directory,
-// ROOT/run, where package builder's default Executor keeps it: run.New does
-// that cleaning, and leaves the directories of running steps alone.
-func cleanRunState(st *layers.Store) error {
-	dir := builder.RunStateDir(st)
-	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	_, err := sandbox.New(sandbox.Options{StateDir: dir})
-	return err
 }
