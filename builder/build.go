@@ -37,6 +37,7 @@ type build struct {
 	progressMu sync.Mutex
 	imagesMu   sync.Mutex
 	images     map[string]*stageResult // COPY --from=<image>, by reference
+	remote     *remoteCache            // --cache-from, --cache-to (cache_remote.go)
 
 	snapOnce sync.Once          // creates snap on the first filesystem step that runs
 	snap     layers.Snapshotter // the stages' filesystems
@@ -114,11 +115,19 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if b.epoch, err = sourceDateEpoch(&opts, p); err != nil {
 		return nil, err
 	}
+	b.remote = b.importCaches(ctx)
 	res, err := b.stageResult(ctx, p.target)
 	if err != nil {
 		return nil, b.firstError(err)
 	}
-	return b.finish(ctx, res)
+	out, err := b.finish(ctx, res)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.exportCaches(ctx, out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // sourceDateEpoch resolves SOURCE_DATE_EPOCH: the build arg first (as

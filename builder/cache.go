@@ -63,12 +63,16 @@ func (r *stageRun) cached(ctx context.Context, key v1.Hash, msg string) (bool, e
 		return false, nil
 	}
 	l, ok, err := r.b.opts.Store.CacheGet(ctx, key)
+	if err == nil && !ok {
+		l, ok = r.remoteHit(ctx, key, msg) // --cache-from (cache_remote.go)
+	}
 	if err != nil || !ok {
 		return false, err
 	}
 	r.addLayer(l, msg)
 	r.key = key
 	r.hit = true
+	r.b.remote.collect(r.st, key, l, msg)
 	return true, nil
 }
 
@@ -78,6 +82,7 @@ func (r *stageRun) remember(ctx context.Context, key v1.Hash, l v1.Layer, msg st
 	if err := r.b.opts.Store.CachePut(ctx, key, l, msg); err != nil {
 		return fmt.Errorf("caching the step: %w", err)
 	}
+	r.b.remote.collect(r.st, key, l, msg)
 	return nil
 }
 

@@ -115,6 +115,7 @@ type Result struct {
 	ConfigDigest v1.Hash
 	Descriptor   v1.Descriptor
 	Tags         []string
+	Cache        CacheStats // remote cache use (--cache-from, --cache-to)
 }
 
 // Event reports the progress of one step.

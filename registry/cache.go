@@ -1,0 +1,237 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// A build cache travels as one OCI image manifest (schemaVersion 2, media
+// type application/vnd.oci.image.manifest.v1+json) with artifactType
+// CacheArtifactType. Its config blob (CacheConfigMediaType) is a
+// CacheConfig: the list of cached steps, each naming its layer by its index
+// in the manifest's layers. The layers are the steps' layer blobs with
+// their own media types, each listed once however many steps share it.
+// Registries that accept OCI artifacts (distribution 2.7 and later, OCI
+// 1.1 registries) store it as they store Helm charts; in an OCI image
+// layout (type=local) index.json points at it with the ref.name
+// CacheRefName.
+const (
+	CacheArtifactType    = "application/vnd.imgbuild.cache.v1+json"
+	CacheConfigMediaType = "application/vnd.imgbuild.cache.config.v1+json"
+	// CacheRefName is the org.opencontainers.image.ref.name of the cache
+	// manifest in a local cache layout.
+	CacheRefName = "cache"
+)
+
+// Limits on what a cache import reads before any layer.
+const (
+	maxCacheManifest = 16 << 20
+	maxCacheConfig   = 64 << 20
+)
+
+// CacheConfig is the config blob of a cache artifact.
+type CacheConfig struct {
+	Records []CacheRecord `json:"records"`
+}
+
+// CacheRecord is one cached step: under the step's cache key, the layer it
+// committed (an index into the manifest's layers), the layer's diffID
+// (the digest of its uncompressed tar) and its history text.
+type CacheRecord struct {
+	Key       v1.Hash `json:"key"`
+	Layer     int     `json:"layer"`
+	DiffID    v1.Hash `json:"diffID"`
+	CreatedBy string  `json:"createdBy,omitempty"`
+}
+
+// CacheStep is a step to export: its cache key, the layer it committed
+// and its history text.
+type CacheStep struct {
+	Key       v1.Hash
+	Layer     v1.Layer
+	CreatedBy string
+}
+
+// CacheArtifact makes the cache artifact of steps (in their order; a key
+// given twice is exported once) as an image whose "config" is the
+// CacheConfig. Layers are read only when the artifact is written.
+func CacheArtifact(steps []CacheStep) (v1.Image, error) {
+	core := &cacheCore{layers: map[v1.Hash]v1.Layer{}}
+	m := v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIManifestSchema1,
+		ArtifactType:  CacheArtifactType,
+		Layers:        []v1.Descriptor{},
+	}
+	cfg := CacheConfig{Records: []CacheRecord{}}
+	index := map[v1.Hash]int{}
+	seen := map[v1.Hash]bool{}
+	for _, s := range steps {
+		if seen[s.Key] {
+			continue
+		}
+		seen[s.Key] = true
+		desc, err := partial.Descriptor(s.Layer)
+		if err != nil {
+			return nil, fmt.Errorf("cache step %s: %w", s.Key, err)
+		}
+		diffID, err := s.Layer.DiffID()
+		if err != nil {
+			return nil, fmt.Errorf("cache step %s: %w", s.Key, err)
+		}
+		i, ok := index[desc.Digest]
+		if !ok {
+			i = len(m.Layers)
+			index[desc.Digest] = i
+			m.Layers = append(m.Layers, v1.Descriptor{MediaType: desc.MediaType, Size: desc.Size, Digest: desc.Digest})
+			core.layers[desc.Digest] = s.Layer
+		}
+		cfg.Records = append(cfg.Records, CacheRecord{Key: s.Key, Layer: i, DiffID: diffID, CreatedBy: s.CreatedBy})
+	}
+	var err error
+	if core.config, err = json.Marshal(cfg); err != nil {
+		return nil, err
+	}
+	m.Config = v1.Descriptor{MediaType: CacheConfigMediaType, Size: int64(len(core.config)), Digest: sha256Hash(core.config)}
+	if core.manifest, err = json.Marshal(m); err != nil {
+		return nil, err
+	}
+	return partial.CompressedToImage(core)
+}
+
+// cacheCore is the partial.CompressedImageCore of a cache artifact.
+type cacheCore struct {
+	manifest, config []byte
+	layers           map[v1.Hash]v1.Layer
+}
+
+func (c *cacheCore) RawConfigFile() ([]byte, error)      { return c.config, nil }
+func (c *cacheCore) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+func (c *cacheCore) RawManifest() ([]byte, error)        { return c.manifest, nil }
+
+func (c *cacheCore) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
+	if l, ok := c.layers[h]; ok {
+		return l, nil
+	}
+	return nil, fmt.Errorf("cache artifact has no blob %s", h)
+}
+
+// PushCache writes the cache artifact of steps to ref (a tag). Blobs the
+// repository holds already are not uploaded again (one HEAD each); the
+// manifest is written after its blobs.
+func PushCache(ctx context.Context, ref string, steps []CacheStep, opts Options) error {
+	t, err := opts.parseTag(ref)
+	if err != nil {
+		return &Error{Op: "pushing cache", Ref: ref, Cause: "invalid reference: " + oneLine(err.Error()), Err: err}
+	}
+	img, err := CacheArtifact(steps)
+	if err != nil {
+		return &Error{Op: "pushing cache", Ref: ref, Cause: oneLine(err.Error()), Err: err}
+	}
+	pusher, err := remote.NewPusher(opts.remoteOptions(ctx)...)
+	if err == nil {
+		err = pusher.Push(ctx, t, img)
+	}
+	return wrapErr("pushing cache", ref, t, err)
+}
+
+// WriteCacheLayout writes the cache artifact of steps into the OCI image
+// layout at dir (created when missing), replacing the index.json entry
+// named CacheRefName; other entries are kept. Blobs present already are
+// not written again; blobs of a replaced cache stay (remove the directory
+// to reclaim them).
+func WriteCacheLayout(ctx context.Context, dir string, steps []CacheStep) error {
+	img, err := CacheArtifact(steps)
+	if err != nil {
+		return fmt.Errorf("cache layout %s: %w", dir, err)
+	}
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		if p, err = layout.Write(dir, empty.Index); err != nil {
+			return fmt.Errorf("cache layout %s: %w", dir, err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err = p.ReplaceImage(img, func(d v1.Descriptor) bool {
+		return d.Annotations[AnnotationRefName] == CacheRefName
+	}, layout.WithAnnotations(map[string]string{AnnotationRefName: CacheRefName}))
+	if err != nil {
+		return fmt.Errorf("cache layout %s: %w", dir, err)
+	}
+	return nil
+}
+
+// parseCacheArtifact checks a cache manifest and its config and returns the
+// records by key with their layer descriptors.
+func parseCacheArtifact(rawManifest, rawConfig []byte) (map[v1.Hash]CacheHit, error) {
+	var m v1.Manifest
+	if err := json.Unmarshal(rawManifest, &m); err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	var cfg CacheConfig
+	if err := json.Unmarshal(rawConfig, &cfg); err != nil {
+		return nil, fmt.Errorf("cache config: %w", err)
+	}
+	hits := make(map[v1.Hash]CacheHit, len(cfg.Records))
+	for _, d := range m.Layers {
+		if !validDigest(d.Digest) || d.Size < 0 {
+			return nil, fmt.Errorf("layer %q: invalid descriptor", d.Digest)
+		}
+	}
+	for _, r := range cfg.Records {
+		if r.Layer < 0 || r.Layer >= len(m.Layers) {
+			return nil, fmt.Errorf("record %s: layer %d out of range", r.Key, r.Layer)
+		}
+		if !validDigest(r.Key) || !validDigest(r.DiffID) {
+			return nil, fmt.Errorf("record %q: invalid key or diffID", r.Key)
+		}
+		d := m.Layers[r.Layer]
+		hits[r.Key] = CacheHit{Key: r.Key, DiffID: r.DiffID, CreatedBy: r.CreatedBy,
+			Layer: v1.Descriptor{MediaType: d.MediaType, Size: d.Size, Digest: d.Digest}}
+	}
+	return hits, nil
+}
+
+// checkCacheManifest checks that raw is an imgbuild cache manifest and
+// returns its config descriptor.
+func checkCacheManifest(raw []byte) (v1.Descriptor, error) {
+	var m v1.Manifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("manifest: %w", err)
+	}
+	if m.SchemaVersion != 2 || (m.MediaType != "" && m.MediaType != types.OCIManifestSchema1) {
+		return v1.Descriptor{}, fmt.Errorf("not an OCI image manifest (schemaVersion %d, mediaType %q)", m.SchemaVersion, m.MediaType)
+	}
+	if m.Config.MediaType != CacheConfigMediaType {
+		return v1.Descriptor{}, fmt.Errorf("not an imgbuild cache (config media type %q, artifact type %q)", m.Config.MediaType, m.ArtifactType)
+	}
+	if !validDigest(m.Config.Digest) || m.Config.Size < 0 || m.Config.Size > maxCacheConfig {
+		return v1.Descriptor{}, errors.New("cache config: invalid descriptor")
+	}
+	return m.Config, nil
+}
+
+// validDigest accepts sha256 digests (64 lower-case hex digits) only: they
+// also name files in local layouts.
+func validDigest(h v1.Hash) bool {
+	if h.Algorithm != "sha256" || len(h.Hex) != 64 {
+		return false
+	}
+	for _, c := range h.Hex {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
