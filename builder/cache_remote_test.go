@@ -319,3 +319,26 @@ func TestRemoteCacheBroken(t *testing.T) {
 		}
 	})
 }
+
+// TestRemoteCacheExportFails: a --cache-to that cannot be written fails
+// the build (as BuildKit's), naming it.
+func TestRemoteCacheExportFails(t *testing.T) {
+	dir := btContext(t, map[string]string{"Dockerfile": "FROM busybox\nWORKDIR /x\n"})
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	closed := "127.0.0.1:1" // nothing listens on port 1
+	for _, spec := range []string{"type=local,dest=" + file + "/sub", "type=registry,ref=" + closed + "/app:cache"} {
+		m := newCRMachine(t, dir)
+		_, err := builder.Build(context.Background(), builder.Options{
+			ContextDir: dir, Store: m.store, Executor: m.exec,
+			Registry: registry.Options{Insecure: []string{closed}, Keychain: authn.NewMultiKeychain()},
+			CacheTo:  cacheTo(t, spec),
+		})
+		t.Logf("%s: %v", spec, err)
+		if err == nil || !strings.Contains(err.Error(), "--cache-to") {
+			t.Errorf("%s: %v, want an export error", spec, err)
+		}
+	}
+}
