@@ -87,7 +87,7 @@ func (f *cacheFixture) build(t *testing.T, root string, flags ...string) (string
 
 // The fixture's filesystem steps, by stage.
 var (
-	srcSteps   = []string{"[src] RUN echo data > /data"}
+	srcSteps = []string{"[src] RUN echo data > /data"}
 	// COPY hello.txt (from the context) is not cached yet: not checked.
 	finalSteps = []string{"[stage-1] WORKDIR /app", "[stage-1] COPY --from=src /data /app/data",
 		"[stage-1] RUN cat /app/data /app/hello.txt > /app/out"}
