@@ -28,7 +28,8 @@ func duCommand(s *streams) *cli.Command {
 		Name:  "du",
 		Usage: "show the disk usage of the local store",
 		Description: "Images are the tagged images; Build cache the layers of the build cache records; Layer trees the\n" +
-			"extracted layers in ROOT/layers; Unused blobs those neither uses (untagged images, leftovers).\n" +
+			"extracted layers in ROOT/layers; Unused blobs those neither uses (untagged images, leftovers); Cache mounts\n" +
+			"the directories of RUN --mount=type=cache (which prune keeps). Shared blobs count in Images and Build cache, once in Total.\n" +
 			"RECLAIMABLE is what `imgbuild prune --all` frees: build cache layers no tagged image shares, unused\n" +
 			"blobs, and the trees of layers no tagged image has. --verbose lists each build cache record.",
 		Flags: []cli.Flag{
@@ -49,7 +50,8 @@ type diskUsage struct {
 	treeBytes          int64
 	treeReclaimable    int64
 	unused, unusedB    int64 // blobs neither a tagged image nor a record uses
-	total              int64 // every blob and tree
+	mounts, mountBytes int64 // RUN --mount=type=cache directories (never pruned yet)
+	total              int64 // every blob, tree and cache mount
 }
 
 // cacheRow is one build cache record as du lists it.
@@ -123,10 +125,13 @@ func measure(ctx context.Context, st *layers.Store) (*diskUsage, error) {
 			u.unusedB += n
 		}
 	}
-	if err := measureTrees(u, filepath.Join(st.Root(), "layers"), diffIDs); err != nil {
+	if err := measureTrees(u, filepath.Join(st.Root(), extractedDir), diffIDs); err != nil {
 		return nil, err
 	}
-	u.total += u.treeBytes
+	if err := measureCacheMounts(u, filepath.Join(st.Root(), cacheMountsDir)); err != nil {
+		return nil, err
+	}
+	u.total += u.treeBytes + u.mountBytes
 	return u, nil
 }
 
@@ -280,6 +285,26 @@ func measureTrees(u *diskUsage, dir string, diffIDs map[v1.Hash]bool) error {
 	return nil
 }
 
+// measureCacheMounts adds up the directories of RUN --mount=type=cache in
+// dir, one per cache key.
+func measureCacheMounts(u *diskUsage, dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	seen := map[[2]uint64]bool{}
+	for _, e := range ents {
+		if e.IsDir() {
+			u.mounts++
+			u.mountBytes += dirSize(filepath.Join(dir, e.Name()), seen)
+		}
+	}
+	return nil
+}
+
 // dirSize returns the apparent size of the regular files below dir,
 // counting a file with several links once (seen holds device and inode).
 func dirSize(dir string, seen map[[2]uint64]bool) int64 {
@@ -304,6 +329,13 @@ func dirSize(dir string, seen map[[2]uint64]bool) int64 {
 	})
 	return n
 }
+
+// Directories of the state directory that du measures: the extracted layer
+// trees (package layers) and the RUN cache mounts (package builder).
+const (
+	extractedDir   = "layers"
+	cacheMountsDir = "cache-mounts"
+)
 
 // createdByWidth is how much of a record's CREATED BY the table shows.
 const createdByWidth = 60
@@ -338,6 +370,7 @@ func printUsage(s *streams, u *diskUsage) {
 	fmt.Fprintf(tw, "Build cache\t%d\t%s\t%s\n", len(u.records), humanSize(u.cacheBytes), humanSize(u.cacheReclaimable))
 	fmt.Fprintf(tw, "Layer trees\t%d\t%s\t%s\n", u.trees, humanSize(u.treeBytes), humanSize(u.treeReclaimable))
 	fmt.Fprintf(tw, "Unused blobs\t%d\t%s\t%s\n", u.unused, humanSize(u.unusedB), humanSize(u.unusedB))
+	fmt.Fprintf(tw, "Cache mounts\t%d\t%s\t%s\n", u.mounts, humanSize(u.mountBytes), humanSize(0))
 	fmt.Fprintf(tw, "Total\t\t%s\t%s\n", humanSize(u.total), humanSize(u.reclaimable()))
 	tw.Flush()
 }

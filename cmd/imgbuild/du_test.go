@@ -26,13 +26,15 @@ func hashOf(s string) v1.Hash {
 // duStore is a store with, in known sizes: a tagged image (tagged twice),
 // an untagged image, two build cache records (one on a layer of the tagged
 // image, one on a layer of its own) and three extracted layer trees (one of
-// a tagged image's layer, one of another layer, one merged stack).
+// a tagged image's layer, one of another layer, one merged stack), and a
+// RUN cache mount.
 type duStore struct {
 	root                       string
 	tagged, untagged           v1.Image
 	sharedKey, privateKey      v1.Hash
 	sharedLayer, privateLayer  v1.Layer
 	keptTree, otherTree, stack int64 // bytes of the trees
+	mount                      int64 // bytes of a RUN cache mount
 }
 
 func newDuStore(t *testing.T) *duStore {
@@ -90,6 +92,7 @@ func newDuStore(t *testing.T) *duStore {
 	if err := os.WriteFile(filepath.Join(trees, diffID.Hex+".lock"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	d.mount = writeTree(t, filepath.Join(d.root, "cache-mounts", hashOf("id=/root/.cache").Hex[:32], "0"), 700, true)
 	return d
 }
 
@@ -173,7 +176,8 @@ func TestMeasure(t *testing.T) {
 		cacheBytes: shared + private, cacheReclaimable: private,
 		trees: 3, treeBytes: trees, treeReclaimable: d.otherTree + d.stack,
 		unused: 4, unusedB: untagged,
-		total: tagged + untagged + private + trees,
+		mounts: 1, mountBytes: d.mount,
+		total: tagged + untagged + private + trees + d.mount,
 	}
 	got := *u
 	got.records = nil
@@ -213,6 +217,7 @@ func TestDu(t *testing.T) {
 		"Build cache 2 " + humanSize(u.cacheBytes) + " " + humanSize(u.cacheReclaimable),
 		"Layer trees 3 " + humanSize(u.treeBytes) + " " + humanSize(u.treeReclaimable),
 		"Unused blobs 4 " + humanSize(u.unusedB) + " " + humanSize(u.unusedB),
+		"Cache mounts 1 700B 0B",
 		"Total " + humanSize(u.total) + " " + humanSize(u.reclaimable()),
 	}
 	out, _ := mustRun(t, 0, "du")
@@ -258,7 +263,8 @@ func TestDu(t *testing.T) {
 		"Build cache 0 0B 0B",
 		"Layer trees 1 " + humanSize(d.keptTree) + " 0B",
 		"Unused blobs 0 0B 0B",
-		"Total " + humanSize(u.imageBytes+d.keptTree) + " 0B",
+		"Cache mounts 1 700B 0B",
+		"Total " + humanSize(u.imageBytes+d.keptTree+d.mount) + " 0B",
 	}
 	if got := squeeze(out); !equalLines(got, after) {
 		t.Errorf("du after prune --all =\n%s\nwant (spaces squeezed)\n%s", out, strings.Join(after, "\n"))
