@@ -39,6 +39,9 @@ type build struct {
 	images     map[string]*stageResult // COPY --from=<image>, by reference
 	remote     *remoteCache            // --cache-from, --cache-to (cache_remote.go)
 
+	statOnce sync.Once         // opens stat on the first COPY/ADD
+	stat     *layers.StatIndex // digests of context files, kept in the store
+	statErr  error
 	snapOnce sync.Once          // creates snap on the first filesystem step that runs
 	snap     layers.Snapshotter // the stages' filesystems
 	snapErr  error
@@ -88,6 +91,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		stages.Wait()
 		if b != nil {
 			b.closeSnapshotter()
+			b.saveStatIndex(ctx)
 		}
 		removeTmp()
 	}()
@@ -250,5 +254,21 @@ func (b *build) closeSnapshotter() {
 	b.snapOnce.Do(func() {}) // no snapshotter from now on
 	if b.snap != nil {
 		b.snap.Close()
+	}
+}
+
+// statIndex is the store's index of context file digests, opened on first
+// use and saved when the build ends.
+func (b *build) statIndex(ctx context.Context) (*layers.StatIndex, error) {
+	b.statOnce.Do(func() {
+		b.stat, b.statErr = layers.OpenStatIndex(ctx, b.opts.Store)
+	})
+	return b.stat, b.statErr
+}
+
+func (b *build) saveStatIndex(ctx context.Context) {
+	b.statOnce.Do(func() {}) // none from now on
+	if b.stat != nil {
+		_ = b.stat.Save(context.WithoutCancel(ctx)) // a lost index only costs hashing again
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -62,7 +63,7 @@ func (r *stageRun) cached(ctx context.Context, key v1.Hash, msg string) (bool, e
 	if !r.useCache() {
 		return false, nil
 	}
-	l, ok, err := r.b.opts.Store.CacheGet(ctx, key)
+	l, next, ok, err := r.b.opts.Store.CacheLookup(ctx, key)
 	if err == nil && !ok {
 		l, ok = r.remoteHit(ctx, key, msg) // --cache-from (cache_remote.go)
 	}
@@ -71,9 +72,22 @@ func (r *stageRun) cached(ctx context.Context, key v1.Hash, msg string) (bool, e
 	}
 	r.addLayer(l, msg)
 	r.key = key
+	if next != (v1.Hash{}) {
+		r.key = next
+	}
 	r.hit = true
 	r.b.remote.collect(r.st, key, l, msg)
 	return true, nil
+}
+
+// rememberNext records l under key with CacheRecord.Next next, the key
+// the following steps chain from.
+func (r *stageRun) rememberNext(ctx context.Context, key, next v1.Hash, l v1.Layer, msg string) error {
+	if err := r.b.opts.Store.CachePutNext(ctx, key, next, l, msg); err != nil {
+		return fmt.Errorf("caching the step: %w", err)
+	}
+	r.b.remote.collectNext(r.st, key, next, l, msg)
+	return nil
 }
 
 // remember records the layer a step committed under its key.
@@ -88,7 +102,28 @@ func (r *stageRun) remember(ctx context.Context, key v1.Hash, l v1.Layer, msg st
 
 // copyInput is the cache input of a COPY or ADD from the build context:
 // the expanded instruction, the WORKDIR and the digest of exactly the
-// selected sources. Nil (always run) until the sources can be digested.
-func (r *stageRun) copyInput(ctx context.Context, cmd any, op copyOp) any {
-	return nil
+// selected sources (through the store's stat index, so unchanged files
+// are not read). Nil (always run) for sources known only by fetching them
+// (ADD of a URL without --checksum).
+func (r *stageRun) copyInput(ctx context.Context, cmd any, op copyOp) (any, error) {
+	idx, err := r.b.statIndex(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d, err := sourcesDigest(ctx, op, idx)
+	if errors.Is(err, errUncacheable) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		Cmd          any
+		Workdir, Src string
+	}{cmd, op.Workdir, d.String()}, nil
+}
+
+// collectNext is collect for a record with CacheRecord.Next.
+func (rc *remoteCache) collectNext(st *stage, key, next v1.Hash, l v1.Layer, createdBy string) {
+	rc.collect(st, key, l, createdBy)
 }

@@ -23,31 +23,59 @@ func (r *stageRun) copy(ctx context.Context, c *instructions.CopyCommand) error 
 	op.Parents = c.Parents
 	msg := copyHistory("COPY", c.SourcesAndDest, c.Parents, c.Chown, c.Chmod)
 	if c.From == "" {
-		return r.commitCopy(ctx, op, c.Link, msg, r.copyInput(ctx, c, op), nil)
+		input, err := r.copyInput(ctx, c, op)
+		if err != nil {
+			return err
+		}
+		return r.commitCopy(ctx, op, c.Link, msg, input)
 	}
 	res, err := r.fromResult(ctx, c.From)
 	if err != nil {
 		return fmt.Errorf("-%w", err) // "--from=NAME: ..."
 	}
 	op.Context = nil
-	// The source is the stage's or image's filesystem, known by its key:
-	// the view is prepared only when the step runs.
-	input := struct {
+	return r.copyFrom(ctx, c, op, res, msg)
+}
+
+// copyFrom runs COPY --from. Its cache key is first the source's key (a
+// hit then prepares nothing); on a miss, the content of exactly the
+// selected source files, so that a source stage rebuilt with the same
+// result still hits, as under BuildKit. The steps after it chain from the
+// content key either way (CacheRecord.Next).
+func (r *stageRun) copyFrom(ctx context.Context, c *instructions.CopyCommand, op copyOp, res *stageResult, msg string) error {
+	type input struct {
 		Cmd          any
 		Workdir, Src string
-	}{c, op.Workdir, res.key.String()}
-	src := func() (string, func(), error) {
-		snap, err := r.b.snapshotter(ctx)
-		if err != nil {
-			return "", nil, err
-		}
-		view, err := snap.Prepare(ctx, res.layers)
-		if err != nil {
-			return "", nil, fmt.Errorf("--from=%s: %w", c.From, err)
-		}
-		return view.Dir, func() { snap.Release(context.WithoutCancel(ctx), view) }, nil
 	}
-	return r.commitCopy(ctx, op, c.Link, msg, input, src)
+	byKey, err := r.stepKey("copy-from", input{c, op.Workdir, res.key.String()})
+	if err != nil {
+		return err
+	}
+	if hit, err := r.cached(ctx, byKey, msg+" # buildkit"); err != nil || hit {
+		return err
+	}
+	snap, err := r.b.snapshotter(ctx)
+	if err != nil {
+		return err
+	}
+	view, err := snap.Prepare(ctx, res.layers)
+	if err != nil {
+		return fmt.Errorf("--from=%s: %w", c.From, err)
+	}
+	defer snap.Release(context.WithoutCancel(ctx), view)
+	op.SrcRoot = view.Dir
+	idx, err := r.b.statIndex(ctx)
+	if err != nil {
+		return err
+	}
+	d, err := sourcesDigest(ctx, op, idx)
+	if err != nil {
+		return err
+	}
+	if err := r.commitCopy(ctx, op, c.Link, msg, input{c, op.Workdir, d.String()}); err != nil {
+		return err
+	}
+	return r.rememberNext(ctx, byKey, r.key, r.layers[len(r.layers)-1], msg+" # buildkit")
 }
 
 // add runs ADD: like COPY from the context, plus URLs and local archives.
@@ -62,7 +90,11 @@ func (r *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	if c.Checksum != "" && len(c.SourcePaths) != 1 {
 		return errors.New("checksum can't be specified for multiple sources")
 	}
-	return r.commitCopy(ctx, op, c.Link, copyHistory("ADD", c.SourcesAndDest, false, c.Chown, c.Chmod), r.copyInput(ctx, c, op), nil)
+	input, err := r.copyInput(ctx, c, op)
+	if err != nil {
+		return err
+	}
+	return r.commitCopy(ctx, op, c.Link, copyHistory("ADD", c.SourcesAndDest, false, c.Chown, c.Chmod), input)
 }
 
 func (r *stageRun) copyOp(sd instructions.SourcesAndDest, chown, chmod string, excludes []string) copyOp {
@@ -80,9 +112,8 @@ func (r *stageRun) copyOp(sd instructions.SourcesAndDest, chown, chmod string, e
 // commitCopy performs op and commits its changes as one layer. With --link
 // the files are written into an empty directory first, so that the layer
 // does not depend on the stage's filesystem. input is the step's cache
-// input (nil: not cacheable); src, when non-nil, prepares op.SrcRoot when
-// the step runs and returns it with its release.
-func (r *stageRun) commitCopy(ctx context.Context, op copyOp, link bool, msg string, input any, src func() (string, func(), error)) error {
+// input (nil: not cacheable).
+func (r *stageRun) commitCopy(ctx context.Context, op copyOp, link bool, msg string, input any) error {
 	msg += " # buildkit"
 	if link && chownByName(op.Chown) {
 		return fmt.Errorf("--chown=%s: user and group names can't be resolved when used with --link, use numeric uid[:gid] instead", op.Chown)
@@ -92,14 +123,6 @@ func (r *stageRun) commitCopy(ctx context.Context, op copyOp, link bool, msg str
 		kind = "copy-link"
 	}
 	return r.fsStep(ctx, kind, input, msg, func() (v1.Layer, error) {
-		if src != nil {
-			root, release, err := src()
-			if err != nil {
-				return nil, err
-			}
-			defer release()
-			op.SrcRoot = root
-		}
 		if !link {
 			return r.onMount(ctx, func(root string) error {
 				op.DestRoot, op.UserRoot = root, root

@@ -23,14 +23,18 @@ const cacheDir = "cache"
 // CacheRecord is one cached build step: the layer it committed, found by
 // the step's cache key (see package builder).
 type CacheRecord struct {
-	Key       v1.Hash         `json:"key"`
-	Layer     v1.Descriptor   `json:"layer"` // digest, size, media type of the blob
-	DiffID    v1.Hash         `json:"diffID"`
-	CreatedBy string          `json:"createdBy,omitempty"`
-	Created   time.Time       `json:"created"`
-	LastUsed  time.Time       `json:"lastUsed"`
-	Blob      *blobStamp      `json:"blob,omitempty"` // the blob file when its digest was last verified
-	Extra     json.RawMessage `json:"extra,omitempty"`
+	Key       v1.Hash       `json:"key"`
+	Layer     v1.Descriptor `json:"layer"` // digest, size, media type of the blob
+	DiffID    v1.Hash       `json:"diffID"`
+	CreatedBy string        `json:"createdBy,omitempty"`
+	// Next, when set, is the key the steps after this one chain from
+	// instead of Key: a step found by an input-based key records its
+	// content-based key there (COPY --from).
+	Next     *v1.Hash        `json:"next,omitempty"`
+	Created  time.Time       `json:"created"`
+	LastUsed time.Time       `json:"lastUsed"`
+	Blob     *blobStamp      `json:"blob,omitempty"` // the blob file when its digest was last verified
+	Extra    json.RawMessage `json:"extra,omitempty"`
 }
 
 // blobStamp identifies a blob file's state: while lstat gives the same
@@ -59,6 +63,11 @@ func (s *Store) cacheRecordPath(key v1.Hash) (string, error) {
 
 // CachePut records that the step with key committed l.
 func (s *Store) CachePut(ctx context.Context, key v1.Hash, l v1.Layer, createdBy string) error {
+	return s.CachePutNext(ctx, key, v1.Hash{}, l, createdBy)
+}
+
+// CachePutNext is CachePut with CacheRecord.Next.
+func (s *Store) CachePutNext(ctx context.Context, key, next v1.Hash, l v1.Layer, createdBy string) error {
 	p, err := s.cacheRecordPath(key)
 	if err != nil {
 		return err
@@ -85,6 +94,9 @@ func (s *Store) CachePut(ctx context.Context, key v1.Hash, l v1.Layer, createdBy
 	now := time.Now().UTC()
 	rec := CacheRecord{Key: key, Layer: v1.Descriptor{MediaType: mt, Size: size, Digest: dgst},
 		DiffID: diffID, CreatedBy: createdBy, Created: now, LastUsed: now}
+	if next != (v1.Hash{}) {
+		rec.Next = &next
+	}
 	bp, _ := s.blobPath(dgst)
 	rec.Blob, _ = stampOf(bp) // written by this process: verified
 	return s.writeRecord(p, &rec)
@@ -106,40 +118,54 @@ func (s *Store) writeRecord(p string, rec *CacheRecord) error {
 // never used: the blob's digest is verified again whenever its file is not
 // in the state recorded at the last verification (size, times, inode).
 func (s *Store) CacheGet(ctx context.Context, key v1.Hash) (l v1.Layer, ok bool, err error) {
+	l, _, ok, err = s.CacheLookup(ctx, key)
+	return l, ok, err
+}
+
+// CacheLookup is CacheGet that also returns the record's Next.
+func (s *Store) CacheLookup(ctx context.Context, key v1.Hash) (l v1.Layer, next v1.Hash, ok bool, err error) {
+	l, rec, ok, err := s.cacheLookup(ctx, key)
+	if ok && rec.Next != nil {
+		next = *rec.Next
+	}
+	return l, next, ok, err
+}
+
+func (s *Store) cacheLookup(ctx context.Context, key v1.Hash) (l v1.Layer, rec *CacheRecord, ok bool, err error) {
 	p, err := s.cacheRecordPath(key)
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
-	rec, err := readRecord(p)
+	rec, err = readRecord(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	if err != nil { // unreadable record: drop it
 		os.Remove(p)
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	bp, err := s.blobPath(rec.Layer.Digest)
 	if err != nil {
 		os.Remove(p)
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	st, err := stampOf(bp)
 	if err != nil || st.Size != rec.Layer.Size {
 		os.Remove(p)
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	if rec.Blob == nil || *rec.Blob != *st {
 		if err := s.verifyBlob(ctx, rec.Layer.Digest, rec.Layer.Size); err != nil {
 			os.Remove(bp) // corrupt: rebuilt by the step, never used
 			os.Remove(p)
-			return nil, false, nil
+			return nil, nil, false, nil
 		}
 		rec.Blob = st
 	}
 	rec.LastUsed = time.Now().UTC()
 	_ = s.writeRecord(p, rec) // best effort: only prune ordering depends on it
 	return &storeLayer{s: s, digest: rec.Layer.Digest, diffID: rec.DiffID, size: rec.Layer.Size,
-		mediaType: types.MediaType(rec.Layer.MediaType)}, true, nil
+		mediaType: types.MediaType(rec.Layer.MediaType)}, rec, true, nil
 }
 
 func readRecord(p string) (*CacheRecord, error) {
