@@ -268,11 +268,20 @@ func (bc *buildContext) copyOut(ctx context.Context, rel string, fi os.FileInfo,
 // extraction.
 func copyTree(ctx context.Context, src string, paths []string, dst string) error {
 	pr, pw := io.Pipe()
+	done := make(chan error, 1)
 	go func() {
-		pw.CloseWithError(layers.WriteTar(ctx, pw, src, layers.TarOptions{Paths: paths}))
+		err := layers.WriteTar(ctx, pw, src, layers.TarOptions{Paths: paths})
+		pw.CloseWithError(err)
+		done <- err
 	}()
 	err := layers.Apply(ctx, dst, pr, layers.ApplyOptions{NoWhiteouts: true, NoChown: os.Geteuid() != 0})
+	if err == nil {
+		_, err = io.Copy(io.Discard, pr) // what follows the end of the archive
+	}
 	pr.CloseWithError(errors.New("extraction stopped"))
+	if werr := <-done; err == nil {
+		err = werr
+	}
 	return err
 }
 
