@@ -326,6 +326,10 @@ func TestNormalizeArgs(t *testing.T) {
 		{"build . --target", "build --target"},
 		{"build -x .", "build -x -- ."},
 		{"images", "images"},
+		{"du -v", "du --verbose"},
+		{"--root /r du", "du --root /r"},
+		{"prune -a --filter until=1h --keep-storage 1g", "prune --all --filter until=1h --keep-storage 1g"},
+		{"build . --no-cache-filter a,b --cache-from r/x:c", "build --no-cache-filter a,b --cache-from r/x:c -- ."},
 	}
 	for _, tt := range tests {
 		in := append([]string{"imgbuild"}, strings.Fields(tt.in)...)
