@@ -7,17 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 	"net/url"
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
-	"strings"
 	"syscall"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"golang.org/x/sys/unix"
 
 	"github.com/imgbuild/imgbuild/layers"
 )
@@ -32,7 +28,7 @@ const sourcesDigestVersion = "imgbuild sources v1"
 
 // sourcesDigest is the digest of exactly what copyFiles(ctx, op) reads for
 // op, computed without copying anything; with idx, unchanged files are not
-// read (nil idx reads every file). It selects the sources with copyFiles'
+// read (a nil idx reads every file). It selects the sources with copyFiles'
 // own code (wildcards, .dockerignore, --parents, --exclude, symlink
 // resolution of the source arguments) and, for each source item in order,
 // records its base name and then each entry the copy would write, in walk
@@ -42,8 +38,10 @@ const sourcesDigestVersion = "imgbuild sources v1"
 //     of an inode already recorded in the same item, that name (a hard link);
 //   - symlink (not followed below a source argument): its target;
 //   - device: its device number;
-//   - every entry: its extended attributes (sorted), and its owner when the
-//     copy keeps source owners (COPY --from without --chown);
+//   - every entry: the digest of its extended attributes
+//     (layers.XattrsDigest; for regular files cached in the stat index), and
+//     its owner when the copy keeps source owners (COPY --from without
+//     --chown);
 //   - a directory the copy creates only for an included descendant
 //     (--parents, --exclude with "!" exceptions) is recorded as such, and
 //     only when it is created.
@@ -206,9 +204,11 @@ func (d *srcDigester) record(it *srcItem, kind, src, rel string, fi os.FileInfo)
 	d.str(kind)
 	d.str(rel)
 	d.num(uint64(st.Mode)) // file type, permissions, setuid/setgid/sticky
+	var xattrs v1.Hash
 	switch m := fi.Mode(); {
 	case m.IsRegular():
-		if err := d.regular(it, src, rel, st); err != nil {
+		var err error
+		if xattrs, err = d.regular(it, src, rel, fi, st); err != nil {
 			return err
 		}
 	case m&os.ModeSymlink != 0:
@@ -224,86 +224,34 @@ func (d *srcDigester) record(it *srcItem, kind, src, rel string, fi os.FileInfo)
 		d.num(uint64(st.Uid))
 		d.num(uint64(st.Gid))
 	}
-	return d.xattrs(src)
+	if xattrs.Hex == "" {
+		xattrs = layers.XattrsDigest(src)
+	}
+	d.str(xattrs.Hex)
+	return nil
 }
 
 // regular records a file's size and content digest, or the first path of
-// its inode in this item (the copy hard-links it there).
-func (d *srcDigester) regular(it *srcItem, src, rel string, st *syscall.Stat_t) error {
+// its inode in this item (the copy hard-links it there), and returns its
+// extended attributes' digest (empty for a link: the caller reads them).
+func (d *srcDigester) regular(it *srcItem, src, rel string, fi os.FileInfo, st *syscall.Stat_t) (v1.Hash, error) {
 	if st.Nlink > 1 {
 		key := [2]uint64{uint64(st.Dev), st.Ino}
 		if first, ok := d.inodes[key]; ok {
 			d.str("link")
 			d.str(first)
-			return nil
+			return v1.Hash{}, nil
 		}
 		d.inodes[key] = rel
 	}
-	h, err := d.fileDigest(src)
+	sum, err := d.idx.Sum(src, fi)
 	if err != nil {
-		return fmt.Errorf("copying %s: %w", it.display(rel), err)
+		return v1.Hash{}, fmt.Errorf("copying %s: %w", it.display(rel), err)
 	}
 	d.str("data")
 	d.num(uint64(st.Size))
-	d.str(h.String())
-	return nil
-}
-
-func (d *srcDigester) fileDigest(p string) (v1.Hash, error) {
-	if d.idx != nil {
-		return d.idx.FileDigest(p)
-	}
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return v1.Hash{}, err
-	}
-	return v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", h.Sum(nil))}, nil
-}
-
-// xattrs records the extended attributes copyXattrs would copy (those it
-// can read), sorted by name.
-func (d *srcDigester) xattrs(src string) error {
-	size, err := unix.Llistxattr(src, nil)
-	if err != nil || size <= 0 {
-		d.num(0)
-		return nil
-	}
-	buf := make([]byte, size)
-	if size, err = unix.Llistxattr(src, buf); err != nil {
-		d.num(0)
-		return nil
-	}
-	var names []string
-	for _, n := range strings.Split(string(buf[:size]), "\x00") {
-		if n != "" {
-			names = append(names, n)
-		}
-	}
-	slices.Sort(names)
-	type attr struct{ name, val string }
-	var attrs []attr
-	for _, n := range names {
-		sz, err := unix.Lgetxattr(src, n, nil)
-		if err != nil {
-			continue
-		}
-		val := make([]byte, sz)
-		if sz, err = unix.Lgetxattr(src, n, val); err != nil {
-			continue
-		}
-		attrs = append(attrs, attr{n, string(val[:sz])})
-	}
-	d.num(uint64(len(attrs)))
-	for _, a := range attrs {
-		d.str(a.name)
-		d.str(a.val)
-	}
-	return nil
+	d.str(sum.Content.Hex)
+	return sum.Xattrs, nil
 }
 
 // url records an ADD URL: only --checksum makes its content known.

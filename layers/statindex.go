@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -28,7 +29,7 @@ const (
 	statIndexDir   = "cache"
 	statIndexName  = "statindex"
 	statIndexLock  = "statindex.lock"
-	statIndexMagic = "IMGBSTX1"
+	statIndexMagic = "IMGBSTX2"
 )
 
 const (
@@ -82,9 +83,17 @@ func stampOfStat(st *unix.Stat_t) fileStamp {
 
 type statEntry struct {
 	stamp  fileStamp
-	digest [sha256.Size]byte
-	used   int64 // last use, seconds since the epoch
+	digest [sha256.Size]byte // content
+	xattrs [sha256.Size]byte // extended attributes (xattrsDigest)
+	used   int64             // last use, seconds since the epoch
 }
+
+func (e statEntry) sum() FileSum {
+	return FileSum{Content: sha256Hash(e.digest), Xattrs: sha256Hash(e.xattrs)}
+}
+
+// noXattrs is the xattrs digest of a file without extended attributes.
+var noXattrs = sha256.Sum256(nil)
 
 // OpenStatIndex loads the store's stat index. A missing, unreadable or
 // corrupt index file is ignored: the index starts empty and is rebuilt.
@@ -107,14 +116,29 @@ func OpenStatIndex(ctx context.Context, s *Store) (*StatIndex, error) {
 	return x, nil
 }
 
-// Hashed is how many files FileDigest has read since the index was opened.
-func (x *StatIndex) Hashed() int64 { return x.hashed.Load() }
+// Hashed is how many files FileDigest and Sum have read since the index
+// was opened.
+func (x *StatIndex) Hashed() int64 {
+	if x == nil {
+		return 0
+	}
+	return x.hashed.Load()
+}
 
 // Len is the number of entries in memory.
 func (x *StatIndex) Len() int {
+	if x == nil {
+		return 0
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return len(x.entries)
+}
+
+// FileSum is what the index knows about a regular file.
+type FileSum struct {
+	Content v1.Hash // sha256 of the content
+	Xattrs  v1.Hash // XattrsDigest of its extended attributes
 }
 
 // FileDigest returns the sha256 of the content of the regular file p (an
@@ -122,48 +146,80 @@ func (x *StatIndex) Len() int {
 // content is read only when the index has no entry for p matching its
 // current lstat.
 func (x *StatIndex) FileDigest(p string) (v1.Hash, error) {
-	if !filepath.IsAbs(p) {
-		return v1.Hash{}, fmt.Errorf("hashing %s: not an absolute path", p)
+	s, err := x.Sum(p, nil)
+	return s.Content, err
+}
+
+// Sum is FileDigest plus the file's extended attributes, which are cached
+// with the content (setting or removing one changes the ctime). fi, when
+// not nil, is the caller's fresh lstat of p, saving a system call per file
+// on a walk. A nil *StatIndex reads every file.
+func (x *StatIndex) Sum(p string, fi os.FileInfo) (FileSum, error) {
+	stamp, err := lstamp(p, fi)
+	if err != nil {
+		return FileSum{}, fmt.Errorf("hashing %s: %w", p, err)
 	}
-	var st unix.Stat_t
-	if err := unix.Lstat(p, &st); err != nil {
-		return v1.Hash{}, fmt.Errorf("hashing %s: %w", p, err)
+	if e, ok := x.lookup(p, stamp); ok {
+		return e.sum(), nil
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return v1.Hash{}, fmt.Errorf("hashing %s: not a regular file", p)
+	e, stable, err := hashRegular(p)
+	if x == nil {
+		return e.sum(), err
 	}
-	if d, ok := x.lookup(p, stampOfStat(&st)); ok {
-		return sha256Hash(d), nil
-	}
-	d, stamp, stable, err := hashRegular(p)
 	x.hashed.Add(1)
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("hashing %s: %w", p, err)
+		return FileSum{}, fmt.Errorf("hashing %s: %w", p, err)
 	}
-	if stable && !x.isRacy(stamp) {
+	if stable && !x.isRacy(e.stamp) {
+		e.used = x.now().Unix()
 		x.mu.Lock()
-		x.entries[p] = statEntry{stamp: stamp, digest: d, used: x.now().Unix()}
+		x.entries[p] = e
 		x.changes++
 		x.mu.Unlock()
 	}
-	return sha256Hash(d), nil
+	return e.sum(), nil
 }
 
-// lookup returns p's recorded digest when its entry matches stamp,
-// refreshing the entry's last-use time once per usedGranularity.
-func (x *StatIndex) lookup(p string, stamp fileStamp) ([sha256.Size]byte, bool) {
+// lstamp is the stamp of the regular file p, from fi when given.
+func lstamp(p string, fi os.FileInfo) (fileStamp, error) {
+	if !filepath.IsAbs(p) {
+		return fileStamp{}, errors.New("not an absolute path")
+	}
+	if fi == nil {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return fileStamp{}, err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return fileStamp{}, errors.New("not a regular file")
+		}
+		return stampOfStat(&st), nil
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || !fi.Mode().IsRegular() {
+		return fileStamp{}, errors.New("not a regular file")
+	}
+	return fileStamp{size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(), ino: st.Ino, dev: uint64(st.Dev)}, nil
+}
+
+// lookup returns p's entry when it matches stamp, refreshing its last-use
+// time once per usedGranularity.
+func (x *StatIndex) lookup(p string, stamp fileStamp) (statEntry, bool) {
+	if x == nil {
+		return statEntry{}, false
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	e, ok := x.entries[p]
 	if !ok || e.stamp != stamp {
-		return [sha256.Size]byte{}, false
+		return statEntry{}, false
 	}
 	if now := x.now().Unix(); now-e.used >= int64(usedGranularity/time.Second) {
 		e.used = now
 		x.entries[p] = e
 		x.changes++
 	}
-	return e.digest, true
+	return e, true
 }
 
 // isRacy reports whether a file with this stamp, hashed just now, may
@@ -176,31 +232,80 @@ func (x *StatIndex) isRacy(s fileStamp) bool {
 }
 
 // hashRegular reads the regular file p without following a symlink or
-// blocking on a fifo swapped in, and returns its sha256, its stamp when
-// opened, and whether the stamp was the same after the read.
-func hashRegular(p string) (d [sha256.Size]byte, stamp fileStamp, stable bool, err error) {
+// blocking on a fifo swapped in, and returns its entry (stamp when opened,
+// content and extended attribute digests) and whether its stamp was the
+// same after the read.
+func hashRegular(p string) (e statEntry, stable bool, err error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return d, stamp, false, err
+		return e, false, err
 	}
 	defer f.Close()
+	fd := int(f.Fd())
 	var before, after unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &before); err != nil {
-		return d, stamp, false, err
+	if err := unix.Fstat(fd, &before); err != nil {
+		return e, false, err
 	}
 	if before.Mode&unix.S_IFMT != unix.S_IFREG {
-		return d, stamp, false, errors.New("not a regular file")
+		return e, false, errors.New("not a regular file")
 	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return d, stamp, false, err
+		return e, false, err
 	}
-	if err := unix.Fstat(int(f.Fd()), &after); err != nil {
-		return d, stamp, false, err
+	h.Sum(e.digest[:0])
+	e.xattrs = xattrsDigest(func(b []byte) (int, error) { return unix.Flistxattr(fd, b) },
+		func(name string, b []byte) (int, error) { return unix.Fgetxattr(fd, name, b) })
+	if err := unix.Fstat(fd, &after); err != nil {
+		return e, false, err
 	}
+	e.stamp = stampOfStat(&before)
+	return e, e.stamp == stampOfStat(&after), nil
+}
+
+// XattrsDigest is the sha256 of p's extended attributes (not following a
+// symlink): for each attribute that can be read, sorted by name, its
+// name and value, each preceded by its length as a uvarint. No attribute
+// gives the sha256 of nothing.
+func XattrsDigest(p string) v1.Hash {
+	return sha256Hash(xattrsDigest(func(b []byte) (int, error) { return unix.Llistxattr(p, b) },
+		func(name string, b []byte) (int, error) { return unix.Lgetxattr(p, name, b) }))
+}
+
+func xattrsDigest(list func([]byte) (int, error), get func(string, []byte) (int, error)) [sha256.Size]byte {
+	h := sha256.New()
+	size, err := list(nil)
+	if err != nil || size <= 0 {
+		return sha256.Sum256(nil)
+	}
+	buf := make([]byte, size)
+	if size, err = list(buf); err != nil {
+		return sha256.Sum256(nil)
+	}
+	names := strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00")
+	slices.Sort(names)
+	var rec []byte
+	for _, name := range names {
+		if name == "" {
+			continue
+		}
+		n, err := get(name, nil)
+		if err != nil {
+			continue
+		}
+		val := make([]byte, n)
+		if n, err = get(name, val); err != nil {
+			continue
+		}
+		rec = binary.AppendUvarint(rec[:0], uint64(len(name)))
+		rec = append(rec, name...)
+		rec = binary.AppendUvarint(rec, uint64(n))
+		rec = append(rec, val[:n]...)
+		h.Write(rec)
+	}
+	var d [sha256.Size]byte
 	h.Sum(d[:0])
-	stamp = stampOfStat(&before)
-	return d, stamp, stamp == stampOfStat(&after), nil
+	return d
 }
 
 func sha256Hash(d [sha256.Size]byte) v1.Hash {
@@ -282,7 +387,8 @@ func (x *StatIndex) trim(m map[string]statEntry) map[string]statEntry {
 
 // The file: magic, uvarint count, then per entry (sorted by path) uvarint
 // path length, path, varint size, mtime, ctime, uvarint inode, device,
-// varint last use, 32-byte digest; then the sha256 of all the preceding
+// varint last use, 32-byte content digest, a byte 0 (no extended
+// attributes) or 1 followed by the 32-byte xattrs digest; then the sha256 of all the preceding
 // bytes.
 func encodeStatIndex(m map[string]statEntry) []byte {
 	paths := make([]string, 0, len(m))
@@ -304,6 +410,12 @@ func encodeStatIndex(m map[string]statEntry) []byte {
 		b = binary.AppendUvarint(b, e.stamp.dev)
 		b = binary.AppendVarint(b, e.used)
 		b = append(b, e.digest[:]...)
+		if e.xattrs == noXattrs {
+			b = append(b, 0)
+		} else {
+			b = append(b, 1)
+			b = append(b, e.xattrs[:]...)
+		}
 	}
 	sum := sha256.Sum256(b)
 	return append(b, sum[:]...)
@@ -344,6 +456,14 @@ func decodeStatIndex(b []byte) (map[string]statEntry, error) {
 		e.stamp.ino, e.stamp.dev = r.uvarint(), r.uvarint()
 		e.used = r.varint()
 		copy(e.digest[:], r.bytes(sha256.Size))
+		switch flag := r.bytes(1); flag[0] {
+		case 0:
+			e.xattrs = noXattrs
+		case 1:
+			copy(e.xattrs[:], r.bytes(sha256.Size))
+		default:
+			return nil, errBadStatIndex
+		}
 		if r.err {
 			return nil, errBadStatIndex
 		}

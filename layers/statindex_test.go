@@ -494,3 +494,79 @@ func TestStatIndexWorkerProcess(t *testing.T) {
 		}
 	}
 }
+
+// TestStatIndexSum: Sum with the caller's lstat, extended attributes cached
+// with the content, and a nil index that reads every time.
+func TestStatIndexSum(t *testing.T) {
+	s := newStatStore(t)
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	writeFile(t, p, "data")
+	if err := unix.Lsetxattr(p, "user.b", []byte("2"), 0); err != nil {
+		t.Skipf("[allowed-skip] no user xattrs on the test filesystem: %v", err)
+	}
+	if err := unix.Lsetxattr(p, "user.a", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	x := openStatIndex(t, s)
+	fi, err := os.Lstat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := x.Sum(p, fi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Content != contentHash("data") || sum.Xattrs != XattrsDigest(p) || sum.Xattrs == XattrsDigest(dir) {
+		t.Fatalf("Sum = %+v; content want %s, xattrs want %s (a dir without any: %s)", sum, contentHash("data"), XattrsDigest(p), XattrsDigest(dir))
+	}
+	again, err := x.Sum(p, fi)
+	if err != nil || again != sum || x.Hashed() != 1 {
+		t.Fatalf("second Sum = %+v, %v after %d reads", again, err, x.Hashed())
+	}
+	// The order attributes were set in does not matter; their values do.
+	q := filepath.Join(dir, "g")
+	writeFile(t, q, "data")
+	for _, kv := range [][2]string{{"user.a", "1"}, {"user.b", "2"}} {
+		if err := unix.Lsetxattr(q, kv[0], []byte(kv[1]), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if XattrsDigest(q) != sum.Xattrs {
+		t.Error("xattrs digest depends on the order attributes were set in")
+	}
+	if err := unix.Lsetxattr(p, "user.a", []byte("changed"), 0); err != nil {
+		t.Fatal(err)
+	}
+	changed, err := x.Sum(p, nil)
+	if err != nil || changed.Xattrs == sum.Xattrs || changed.Content != sum.Content || x.Hashed() != 2 {
+		t.Fatalf("after setxattr: Sum = %+v, %v after %d reads", changed, err, x.Hashed())
+	}
+	if _, err := x.Sum(p, fi); err != nil {
+		t.Fatal(err) // a stale fi is trusted as given: no error
+	}
+	if dfi, _ := os.Lstat(dir); dfi != nil {
+		if _, err := x.Sum(dir, dfi); err == nil {
+			t.Error("Sum of a directory succeeded")
+		}
+	}
+
+	if err := x.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	y := openStatIndex(t, s)
+	if got, err := y.Sum(p, nil); err != nil || got != changed || y.Hashed() != 0 {
+		t.Fatalf("after Save and reopening: Sum = %+v, %v after %d reads", got, err, y.Hashed())
+	}
+
+	var none *StatIndex
+	for range 2 {
+		got, err := none.Sum(p, nil)
+		if err != nil || got != changed {
+			t.Fatalf("nil index Sum = %+v, %v, want %+v", got, err, changed)
+		}
+	}
+	if h, err := none.FileDigest(p); err != nil || h != contentHash("data") || none.Hashed() != 0 || none.Len() != 0 {
+		t.Fatalf("nil index FileDigest = %s, %v", h, err)
+	}
+}
