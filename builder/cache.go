@@ -65,7 +65,7 @@ func (r *stageRun) cached(ctx context.Context, key v1.Hash, msg string) (bool, e
 	}
 	l, next, ok, err := r.b.opts.Store.CacheLookup(ctx, key)
 	if err == nil && !ok {
-		l, ok = r.remoteHit(ctx, key, msg) // --cache-from (cache_remote.go)
+		l, next, ok = r.remoteHit(ctx, key, msg) // --cache-from (cache_remote.go)
 	}
 	if err != nil || !ok {
 		return false, err
@@ -76,7 +76,7 @@ func (r *stageRun) cached(ctx context.Context, key v1.Hash, msg string) (bool, e
 		r.key = next
 	}
 	r.hit = true
-	r.b.remote.collect(r.st, key, l, msg)
+	r.b.remote.collectNext(r.st, key, next, l, msg)
 	return true, nil
 }
 
@@ -121,9 +121,4 @@ func (r *stageRun) copyInput(ctx context.Context, cmd any, op copyOp) (any, erro
 		Cmd          any
 		Workdir, Src string
 	}{cmd, op.Workdir, d.String()}, nil
-}
-
-// collectNext is collect for a record with CacheRecord.Next.
-func (rc *remoteCache) collectNext(st *stage, key, next v1.Hash, l v1.Layer, createdBy string) {
-	rc.collect(st, key, l, createdBy)
 }

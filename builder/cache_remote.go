@@ -97,10 +97,10 @@ func (rc *remoteCache) warnf(format string, args ...any) {
 // On a hit the layer blob is fetched into the store (unless it is there),
 // verified, and recorded in the local cache under key. A blob that cannot
 // be fetched or does not verify is a warning and a miss: the step runs.
-func (r *stageRun) remoteHit(ctx context.Context, key v1.Hash, createdBy string) (v1.Layer, bool) {
+func (r *stageRun) remoteHit(ctx context.Context, key v1.Hash, createdBy string) (l v1.Layer, next v1.Hash, ok bool) {
 	rc := r.b.remote
 	if rc == nil {
-		return nil, false
+		return nil, v1.Hash{}, false
 	}
 	for _, c := range rc.caches {
 		hit, ok := c.Lookup(key)
@@ -115,14 +115,14 @@ func (r *stageRun) remoteHit(ctx context.Context, key v1.Hash, createdBy string)
 			continue
 		}
 		rc.hits.Add(1)
-		return l, true
+		return l, hit.Next, true
 	}
-	return nil, false
+	return nil, v1.Hash{}, false
 }
 
 func (rc *remoteCache) fetch(ctx context.Context, b *build, c *registry.Cache, hit registry.CacheHit, createdBy string) (v1.Layer, error) {
 	defer rc.lock(hit.Layer.Digest)()
-	return b.opts.Store.CacheImport(ctx, hit.Key, hit.Layer, hit.DiffID, createdBy,
+	return b.opts.Store.CacheImport(ctx, hit.Key, hit.Next, hit.Layer, hit.DiffID, createdBy,
 		func(ctx context.Context) (io.ReadCloser, error) {
 			body, err := c.OpenLayer(ctx, hit.Layer)
 			if err != nil {
@@ -160,12 +160,17 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // collect notes that stage st used (from a cache) or produced the layer l
 // under key, for --cache-to.
 func (rc *remoteCache) collect(st *stage, key v1.Hash, l v1.Layer, createdBy string) {
+	rc.collectNext(st, key, v1.Hash{}, l, createdBy)
+}
+
+// collectNext is collect for a record with CacheRecord.Next (zero: none).
+func (rc *remoteCache) collectNext(st *stage, key, next v1.Hash, l v1.Layer, createdBy string) {
 	if rc == nil {
 		return
 	}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	rc.steps[st] = append(rc.steps[st], registry.CacheStep{Key: key, Layer: l, CreatedBy: createdBy})
+	rc.steps[st] = append(rc.steps[st], registry.CacheStep{Key: key, Layer: l, CreatedBy: createdBy, Next: next})
 }
 
 // stepsFor lists the steps to export in mode: "max" every stage built, in

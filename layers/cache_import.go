@@ -10,13 +10,14 @@ import (
 )
 
 // CacheImport records under key a step that a remote cache supplied: the
-// layer blob desc, whose uncompressed content has the digest diffID. open
+// layer blob desc, whose uncompressed content has the digest diffID, and
+// the record's Next (zero: none; see CacheRecord.Next). open
 // returns the blob's bytes; it is called only when the store lacks the
 // blob. The blob's digest and size and the diffID of its content are
 // verified before the record is written: bytes that do not match are not
 // recorded and the error wraps ErrDigestMismatch. The returned layer is
 // backed by the stored blob.
-func (s *Store) CacheImport(ctx context.Context, key v1.Hash, desc v1.Descriptor, diffID v1.Hash, createdBy string,
+func (s *Store) CacheImport(ctx context.Context, key, next v1.Hash, desc v1.Descriptor, diffID v1.Hash, createdBy string,
 	open func(context.Context) (io.ReadCloser, error)) (v1.Layer, error) {
 	if _, err := s.cacheRecordPath(key); err != nil {
 		return nil, err
@@ -46,7 +47,7 @@ func (s *Store) CacheImport(ctx context.Context, key v1.Hash, desc v1.Descriptor
 			return nil, err
 		}
 	}
-	if err := s.CachePut(ctx, key, l, createdBy); err != nil {
+	if err := s.CachePutNext(ctx, key, next, l, createdBy); err != nil {
 		return nil, err
 	}
 	return l, nil

@@ -90,11 +90,11 @@ func TestCacheImport(t *testing.T) {
 				return io.NopCloser(bytes.NewReader(served)), nil
 			}
 			d := desc(tc.layer)
-			l, err := dst.CacheImport(ctx, keyOf(tc.name), d, claim, "RUN "+tc.name, open)
+			l, err := dst.CacheImport(ctx, keyOf(tc.name), keyOf("next"), d, claim, "RUN "+tc.name, open)
 			if opened != 1 {
 				t.Errorf("blob opened %d times, want 1", opened)
 			}
-			got, ok, gerr := dst.CacheGet(ctx, keyOf(tc.name))
+			got, next, ok, gerr := dst.CacheLookup(ctx, keyOf(tc.name))
 			if gerr != nil {
 				t.Fatal(gerr)
 			}
@@ -110,7 +110,7 @@ func TestCacheImport(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !ok || mustDigest(t, got) != d.Digest || diffID(got) != claim || mustDigest(t, l) != d.Digest {
+			if !ok || mustDigest(t, got) != d.Digest || diffID(got) != claim || mustDigest(t, l) != d.Digest || next != keyOf("next") {
 				t.Fatalf("recorded %v (ok %v), want %s", got, ok, d.Digest)
 			}
 			if b, err := readAllClose(got.Uncompressed()); err != nil || len(b) == 0 {
@@ -118,17 +118,17 @@ func TestCacheImport(t *testing.T) {
 			}
 			// A second key on the same blob: nothing is fetched, the
 			// diffID claim is still checked.
-			if _, err := dst.CacheImport(ctx, keyOf("again"), d, claim, "", open); err != nil || opened != 1 {
+			if _, err := dst.CacheImport(ctx, keyOf("again"), v1.Hash{}, d, claim, "", open); err != nil || opened != 1 {
 				t.Errorf("second import: %v, blob opened %d times", err, opened)
 			}
-			if _, err := dst.CacheImport(ctx, keyOf("lie"), d, keyOf("x"), "", open); !errors.Is(err, layers.ErrDigestMismatch) || opened != 1 {
+			if _, err := dst.CacheImport(ctx, keyOf("lie"), v1.Hash{}, d, keyOf("x"), "", open); !errors.Is(err, layers.ErrDigestMismatch) || opened != 1 {
 				t.Errorf("wrong diffID for a stored blob: %v, blob opened %d times", err, opened)
 			}
 		})
 	}
 	t.Run("open fails", func(t *testing.T) {
 		dst := openTestStore(t)
-		_, err := dst.CacheImport(ctx, keyOf("x"), desc(gz), diffID(gz), "", func(context.Context) (io.ReadCloser, error) {
+		_, err := dst.CacheImport(ctx, keyOf("x"), v1.Hash{}, desc(gz), diffID(gz), "", func(context.Context) (io.ReadCloser, error) {
 			return nil, os.ErrPermission
 		})
 		if !errors.Is(err, os.ErrPermission) {

@@ -45,20 +45,24 @@ type CacheConfig struct {
 
 // CacheRecord is one cached step: under the step's cache key, the layer it
 // committed (an index into the manifest's layers), the layer's diffID
-// (the digest of its uncompressed tar) and its history text.
+// (the digest of its uncompressed tar), its history text and, when set,
+// the key the steps after it chain from instead of Key (see
+// layers.CacheRecord.Next).
 type CacheRecord struct {
-	Key       v1.Hash `json:"key"`
-	Layer     int     `json:"layer"`
-	DiffID    v1.Hash `json:"diffID"`
-	CreatedBy string  `json:"createdBy,omitempty"`
+	Key       v1.Hash  `json:"key"`
+	Layer     int      `json:"layer"`
+	DiffID    v1.Hash  `json:"diffID"`
+	CreatedBy string   `json:"createdBy,omitempty"`
+	Next      *v1.Hash `json:"next,omitempty"`
 }
 
-// CacheStep is a step to export: its cache key, the layer it committed
-// and its history text.
+// CacheStep is a step to export: its cache key, the layer it committed,
+// its history text and its Next key (zero: none).
 type CacheStep struct {
 	Key       v1.Hash
 	Layer     v1.Layer
 	CreatedBy string
+	Next      v1.Hash
 }
 
 // CacheArtifact makes the cache artifact of steps (in their order; a key
@@ -95,7 +99,12 @@ func CacheArtifact(steps []CacheStep) (v1.Image, error) {
 			m.Layers = append(m.Layers, v1.Descriptor{MediaType: desc.MediaType, Size: desc.Size, Digest: desc.Digest})
 			core.layers[desc.Digest] = s.Layer
 		}
-		cfg.Records = append(cfg.Records, CacheRecord{Key: s.Key, Layer: i, DiffID: diffID, CreatedBy: s.CreatedBy})
+		rec := CacheRecord{Key: s.Key, Layer: i, DiffID: diffID, CreatedBy: s.CreatedBy}
+		if s.Next != (v1.Hash{}) {
+			next := s.Next
+			rec.Next = &next
+		}
+		cfg.Records = append(cfg.Records, rec)
 	}
 	var err error
 	if core.config, err = json.Marshal(cfg); err != nil {
@@ -193,12 +202,16 @@ func parseCacheArtifact(rawManifest, rawConfig []byte) (map[v1.Hash]CacheHit, er
 		if r.Layer < 0 || r.Layer >= len(m.Layers) {
 			return nil, fmt.Errorf("record %s: layer %d out of range", r.Key, r.Layer)
 		}
-		if !validDigest(r.Key) || !validDigest(r.DiffID) {
-			return nil, fmt.Errorf("record %q: invalid key or diffID", r.Key)
+		if !validDigest(r.Key) || !validDigest(r.DiffID) || (r.Next != nil && !validDigest(*r.Next)) {
+			return nil, fmt.Errorf("record %q: invalid key, diffID or next", r.Key)
 		}
 		d := m.Layers[r.Layer]
-		hits[r.Key] = CacheHit{Key: r.Key, DiffID: r.DiffID, CreatedBy: r.CreatedBy,
+		hit := CacheHit{Key: r.Key, DiffID: r.DiffID, CreatedBy: r.CreatedBy,
 			Layer: v1.Descriptor{MediaType: d.MediaType, Size: d.Size, Digest: d.Digest}}
+		if r.Next != nil {
+			hit.Next = *r.Next
+		}
+		hits[r.Key] = hit
 	}
 	return hits, nil
 }

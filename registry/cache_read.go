@@ -27,6 +27,7 @@ type CacheHit struct {
 	Layer     v1.Descriptor // the layer blob: digest, size, media type
 	DiffID    v1.Hash
 	CreatedBy string
+	Next      v1.Hash // zero: the steps after it chain from Key
 }
 
 // Cache is an imported cache artifact: its records, read when it was

@@ -32,7 +32,7 @@ func cacheSteps(t *testing.T) []CacheStep {
 	return []CacheStep{
 		{Key: sha256Hash([]byte("k1")), Layer: l1, CreatedBy: "RUN one"},
 		{Key: sha256Hash([]byte("k2")), Layer: l2, CreatedBy: "RUN two"},
-		{Key: sha256Hash([]byte("k3")), Layer: l1, CreatedBy: "WORKDIR /a"},
+		{Key: sha256Hash([]byte("k3")), Layer: l1, CreatedBy: "COPY --from=x / /", Next: sha256Hash([]byte("k1"))},
 	}
 }
 
@@ -52,8 +52,8 @@ func checkCache(t *testing.T, c *Cache, steps []CacheStep) {
 		diffID, _ := s.Layer.DiffID()
 		mt, _ := s.Layer.MediaType()
 		size, _ := s.Layer.Size()
-		want := CacheHit{Key: s.Key, Layer: v1.Descriptor{MediaType: mt, Size: size, Digest: d}, DiffID: diffID, CreatedBy: s.CreatedBy}
-		if hit.Key != want.Key || hit.DiffID != want.DiffID || hit.CreatedBy != want.CreatedBy ||
+		want := CacheHit{Key: s.Key, Layer: v1.Descriptor{MediaType: mt, Size: size, Digest: d}, DiffID: diffID, CreatedBy: s.CreatedBy, Next: s.Next}
+		if hit.Key != want.Key || hit.DiffID != want.DiffID || hit.CreatedBy != want.CreatedBy || hit.Next != want.Next ||
 			hit.Layer.Digest != d || hit.Layer.Size != size || hit.Layer.MediaType != mt {
 			t.Errorf("record %s = %+v, want %+v", s.Key, hit, want)
 		}
@@ -386,7 +386,9 @@ func TestCacheParseErrors(t *testing.T) {
 		{"negative layer", string(manifest(CacheConfigMediaType, layer)),
 			`{"records":[{"key":"` + key + `","layer":-1,"diffID":"` + key + `"}]}`, "out of range"},
 		{"no diffID", string(manifest(CacheConfigMediaType, layer)),
-			`{"records":[{"key":"` + key + `","layer":0}]}`, "invalid key or diffID"},
+			`{"records":[{"key":"` + key + `","layer":0}]}`, "invalid key, diffID or next"},
+		{"bad next", string(manifest(CacheConfigMediaType, layer)),
+			`{"records":[{"key":"` + key + `","layer":0,"diffID":"` + key + `","next":"sha512:` + strings.Repeat("00", 64) + `"}]}`, "invalid key, diffID or next"},
 		{"path in digest", string(manifest(CacheConfigMediaType, `{"mediaType":"x","size":1,"digest":"sha256:../../etc/passwd"}`)),
 			`{"records":[]}`, "non-hex"},
 		{"other algorithm", string(manifest(CacheConfigMediaType, `{"mediaType":"x","size":1,"digest":"sha512:`+strings.Repeat("ab", 64)+`"}`)),
