@@ -104,16 +104,26 @@ func newPlan(f *dockerfile.File, o *Options, target, buildPlat v1.Platform) (*pl
 	}
 	for _, st := range p.stages {
 		for _, cmd := range st.ins.Commands {
-			c, ok := cmd.(*instructions.CopyCommand)
-			if !ok || c.From == "" {
-				continue
-			}
-			src, err := p.lookupStage(c.From, st)
-			if err != nil {
-				return nil, dockerfile.WithLocation(f.Name, c.Location(), err)
-			}
-			if src != nil {
-				st.deps = append(st.deps, src)
+			switch c := cmd.(type) {
+			case *instructions.CopyCommand:
+				if c.From == "" {
+					continue
+				}
+				src, err := p.lookupStage(c.From, st)
+				if err != nil {
+					return nil, dockerfile.WithLocation(f.Name, c.Location(), err)
+				}
+				if src != nil {
+					st.deps = append(st.deps, src)
+				}
+			case *instructions.RunCommand:
+				// Stages mounted with from= start early too; a bad name is
+				// reported by the step itself.
+				for _, m := range instructions.GetMounts(c) {
+					if src, err := p.lookupStage(m.From, st); m.From != "" && err == nil && src != nil {
+						st.deps = append(st.deps, src)
+					}
+				}
 			}
 		}
 	}
