@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -341,5 +342,66 @@ func TestRemoteCacheExportFails(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "--cache-to") {
 			t.Errorf("%s: %v, want an export error", spec, err)
 		}
+	}
+}
+
+// TestRemoteCacheContextCopy: COPY from the build context hits across
+// machines (the key is the sources' content, not their mtimes); one
+// changed source file runs only the steps from its COPY on, and only the
+// layers of the steps before it are downloaded.
+func TestRemoteCacheContextCopy(t *testing.T) {
+	host := registrytest.Start(t)
+	reg := registry.Options{Insecure: []string{host}, Keychain: authn.NewMultiKeychain()}
+	ref := host + "/app/cache:main"
+	df := `FROM busybox
+WORKDIR /app
+COPY deps.txt /app/
+RUN cat /app/deps.txt > /app/deps.out && date +%s%N >> /app/deps.out
+COPY src/ /app/src/
+RUN ls /app/src > /app/list && date +%s%N >> /app/list
+`
+	files := map[string]string{"Dockerfile": df, "deps.txt": "dep 1\n", "src/main.c": "int main() {}\n", "src/util.c": "int u;\n"}
+	a := newCRMachine(t, btContext(t, files))
+	resA, runs := a.build(func(o *builder.Options) {
+		o.Registry = reg
+		o.CacheTo = cacheTo(t, "type=registry,ref="+ref)
+	})
+	if runs != 2 || resA.Cache.Exported != 5 {
+		t.Fatalf("machine A: %d RUNs, %+v", runs, resA.Cache)
+	}
+
+	// Machine B checks the same files out later (other mtimes).
+	time.Sleep(10 * time.Millisecond)
+	b := newCRMachine(t, btContext(t, files))
+	resB, runs := b.build(func(o *builder.Options) {
+		o.Registry = reg
+		o.CacheFrom = cacheFrom(t, "type=registry,ref="+ref)
+	})
+	if runs != 0 || resB.Digest != resA.Digest || resB.Cache.Hits != 5 {
+		t.Errorf("machine B: %d RUNs, %s (want %s), %+v", runs, resB.Digest, resA.Digest, resB.Cache)
+	}
+
+	// Machine C has one source file changed.
+	files["src/util.c"] = "int u = 1;\n"
+	c := newCRMachine(t, btContext(t, files))
+	resC, runs := c.build(func(o *builder.Options) {
+		o.Registry = reg
+		o.CacheFrom = cacheFrom(t, "type=registry,ref="+ref)
+	})
+	cache, err := registry.PullCache(context.Background(), ref, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := resC.Image.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want int64 // the layers of WORKDIR, COPY deps.txt and its RUN
+	for _, l := range ls[len(ls)-5 : len(ls)-2] {
+		sz, _ := l.Size()
+		want += sz
+	}
+	if runs != 1 || resC.Cache.Hits != 3 || resC.Cache.BytesDownloaded != cache.MetadataBytes+want {
+		t.Errorf("machine C: %d RUNs (want 1), %+v (want 3 hits, %d bytes)", runs, resC.Cache, cache.MetadataBytes+want)
 	}
 }
