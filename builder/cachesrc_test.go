@@ -404,6 +404,11 @@ func TestSourcesDigestOp(t *testing.T) {
 		{name: "bad --exclude", op: copyOp{Sources: []string{"."}, Excludes: []string{"["}, Dest: "/"}, err: "invalid --exclude"},
 		{name: "bad heredoc name", op: copyOp{Heredocs: []heredocSource{{Name: "/"}}, Dest: "/"}, err: "invalid name"},
 	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := sourcesDigest(cancelled, copyOp{Context: bc, Sources: []string{"."}, Dest: "/"}, nil); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled context: error %v", err)
+	}
 	for _, tc := range errCases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := digest(tc.op)
@@ -506,5 +511,41 @@ func TestSourcesDigestIndex(t *testing.T) {
 	if idx.Hashed() != 1 || got[0] == want[0] || got[1] != want[1] {
 		t.Fatalf("after one change: read %d files (want 1), COPY digest changed %v, ADD digest changed %v",
 			idx.Hashed(), got[0] != want[0], got[1] != want[1])
+	}
+}
+
+// TestSourcesDigestConcurrent: stages digest concurrently with one context
+// and one stat index (run with -race).
+func TestSourcesDigestConcurrent(t *testing.T) {
+	bc := ctLoadContext(t, "*.log\n!keep.log\n", append(slices.Clone(ctxBasic), cf("a.log", "a", 0o644), cf("keep.log", "k", 0o644))...)
+	_, idx := openSDIndex(t)
+	ops := []copyOp{
+		{Context: bc, Sources: []string{"."}, Dest: "/"},
+		{Context: bc, Sources: []string{"*.log", "dir"}, Dest: "/l/"},
+		{Context: bc, Sources: []string{"."}, Excludes: []string{"dir/sub"}, Dest: "/"},
+	}
+	want := make([]v1.Hash, len(ops))
+	for i, op := range ops {
+		h, err := sourcesDigest(context.Background(), op, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = h
+	}
+	errs := make(chan error, 12)
+	for g := range 12 {
+		go func() {
+			i := g % len(ops)
+			h, err := sourcesDigest(context.Background(), ops[i], idx)
+			if err == nil && h != want[i] {
+				err = errors.New("digest differs from the sequential one")
+			}
+			errs <- err
+		}()
+	}
+	for range 12 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }
