@@ -42,7 +42,7 @@ func buildCommand(s *streams) *cli.Command {
 			&cli.StringFlag{Name: "progress", Value: "auto", Usage: "progress `MODE`: auto, plain or json (auto is plain for now, terminal or not)"},
 			&cli.StringFlag{Name: "compression", Value: "gzip", Usage: "layer compression `CODEC`: gzip, zstd or uncompressed"},
 			&cli.IntFlag{Name: "compression-level", Usage: "compression `LEVEL`: 1-9 for gzip, 1-22 for zstd", DefaultText: "the compressor's"},
-		}, append(cacheFlags(), runFlags()...)...),
+		}, append(append(cacheFlags(), runFlags()...), secretFlag())...),
 		Action: func(c *cli.Context) error { return buildAction(c, s) },
 	}
 }
@@ -110,6 +110,9 @@ func buildOptions(c *cli.Context, s *streams) (*buildConfig, error) {
 		return nil, usagef(c, "%v", err)
 	}
 	if err := cacheOptions(c, o); err != nil {
+		return nil, err
+	}
+	if err := secretOptions(c, s, o); err != nil {
 		return nil, err
 	}
 	if err := runOptions(c, s, o); err != nil {
