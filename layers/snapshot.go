@@ -107,14 +107,20 @@ type Mount struct {
 // snapshots/ holds one scratch directory per Mount (upper, work, merged
 // for overlay; the private tree for copy), each locked by its owner.
 //
-// Known differences between the kinds, inherent to overlayfs (index=off,
-// as Docker's overlay2): a file a step opens for writing without changing
-// it is copied up and so written by overlay only; changing a file in
-// place through one of several hard-linked names breaks the link under
-// overlay (only that name is in the layer) while copy writes every name.
-// Copy detects changes by inode number, size, mode, owner, mtime and
-// ctime in nanoseconds (kaniko and buildah compare mtimes and sizes; ctime
-// catches in-place rewrites that restore the mtime); Prepare and Commit
+// Both kinds record what BuildKit's differs record: a directory whose mode
+// and owner did not change is written only as the parent of other changes,
+// and overlay drops what it copied up unchanged (same metadata and
+// content). Known differences between the kinds: changing a file in place
+// through one of several hard-linked names breaks the link under overlay
+// (index=off, as Docker's overlay2: only that name is in the layer) while
+// copy writes every name; and copy, which has no copy of the content
+// before the step, detects changes by inode number, size, mode, owner,
+// mtime and ctime in nanoseconds, so it also writes a file whose metadata
+// was set again to the same values (chmod or chown to the same mode or
+// owner, a rename there and back), where overlay compares and drops it.
+// The ctime is what catches an in-place rewrite that restores the mtime
+// (kaniko and buildah compare mtimes and sizes only); a ctime moved by a
+// hard link added or removed elsewhere is not a change. Prepare and Commit
 // wait until the clock has moved past the ctimes they recorded, so any
 // later change gets a later ctime.
 //
