@@ -110,7 +110,11 @@ func (r *stageRun) remoteHit(ctx context.Context, key v1.Hash, createdBy string)
 		l, err := rc.fetch(ctx, r.b, c, hit, createdBy)
 		if err != nil {
 			if ctx.Err() == nil {
-				rc.warnf("--cache-from %s: %s: %v; running the step", c.Source, createdBy, err)
+				step := r.ev.Instruction
+				if step == "" {
+					step = createdBy
+				}
+				rc.warnf("--cache-from %s: %s: %v; running the step", c.Source, step, err)
 			}
 			continue
 		}
