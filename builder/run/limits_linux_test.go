@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -66,11 +67,25 @@ func runCgroups(dirs []string) []string {
 }
 
 // checkNoNewCgroups fails t if a run cgroup appeared since before.
+// checkNoNewCgroups fails when run cgroups that were not there before
+// stay. Other test packages may run steps at the same time: their cgroups
+// come and go, so a new one must outlive a grace period to count as left.
 func checkNoNewCgroups(t *testing.T, dirs, before []string) {
 	t.Helper()
-	after := runCgroups(dirs)
-	if strings.Join(after, "\n") != strings.Join(before, "\n") {
-		t.Errorf("run cgroups left: %v (before: %v)", after, before)
+	var left []string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		left = left[:0]
+		for _, c := range runCgroups(dirs) {
+			if !slices.Contains(before, c) {
+				left = append(left, c)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(left) > 0 {
+		t.Errorf("run cgroups left: %v (before: %v)", left, before)
 	}
 }
 
