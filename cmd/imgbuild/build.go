@@ -345,6 +345,7 @@ func buildAction(c *cli.Context, s *streams) error {
 	if err := writeBuildFiles(cfg, res); err != nil {
 		return err
 	}
+	printCacheSummary(stderr, cfg, res.Cache)
 	digest := res.Digest.String()
 	if stdoutUsed {
 		// stdout carries the exported tar: the digest goes to stderr.
@@ -365,7 +366,7 @@ func writeBuildFiles(cfg *buildConfig, res *builder.Result) error {
 		}
 	}
 	if cfg.metadataFile != "" {
-		b, err := buildMetadata(res)
+		b, err := buildMetadata(res, usesRemoteCache(&cfg.opts))
 		if err != nil {
 			return err
 		}
@@ -376,8 +377,9 @@ func writeBuildFiles(cfg *buildConfig, res *builder.Result) error {
 	return nil
 }
 
-// buildMetadata is the --metadata-file JSON, with buildx's key names.
-func buildMetadata(res *builder.Result) ([]byte, error) {
+// buildMetadata is the --metadata-file JSON, with buildx's key names, and
+// "imgbuild.cache" (res.Cache) when the build used a remote cache.
+func buildMetadata(res *builder.Result, remoteCache bool) ([]byte, error) {
 	m := map[string]any{
 		"containerimage.digest":        res.Digest.String(),
 		"containerimage.config.digest": res.ConfigDigest.String(),
@@ -385,6 +387,9 @@ func buildMetadata(res *builder.Result) ([]byte, error) {
 	}
 	if len(res.Tags) > 0 {
 		m["image.name"] = strings.Join(res.Tags, ",")
+	}
+	if remoteCache {
+		m["imgbuild.cache"] = newCacheMetadata(res.Cache)
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {

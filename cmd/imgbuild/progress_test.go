@@ -104,16 +104,9 @@ func TestBuildMetadata(t *testing.T) {
 	d := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("a", 64)}
 	cd := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("b", 64)}
 	res := &builder.Result{Digest: d, ConfigDigest: cd, Tags: []string{"app:1", "app:latest"},
-		Descriptor: v1.Descriptor{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 123, Digest: d}}
-	b, err := buildMetadata(res)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]any{
+		Descriptor: v1.Descriptor{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 123, Digest: d},
+		Cache:      builder.CacheStats{Imported: 40, Hits: 12, BytesDownloaded: 34500000, Exported: 20}}
+	base := map[string]any{
 		"containerimage.digest":        d.String(),
 		"containerimage.config.digest": cd.String(),
 		"image.name":                   "app:1,app:latest",
@@ -121,9 +114,34 @@ func TestBuildMetadata(t *testing.T) {
 			"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 123.0, "digest": d.String(),
 		},
 	}
-	gotJSON, _ := json.Marshal(m)
-	wantJSON, _ := json.Marshal(want)
-	if string(gotJSON) != string(wantJSON) {
-		t.Errorf("metadata = %s\nwant %s", gotJSON, wantJSON)
+	withCache := map[string]any{"imgbuild.cache": map[string]any{
+		"imported": 40.0, "hits": 12.0, "bytesDownloaded": 34500000.0, "exported": 20.0}}
+	for k, v := range base {
+		withCache[k] = v
+	}
+	tests := []struct {
+		name        string
+		remoteCache bool
+		want        map[string]any
+	}{
+		{"without --cache-from/--cache-to", false, base},
+		{"with a remote cache", true, withCache},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := buildMetadata(res, tt.remoteCache)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m map[string]any
+			if err := json.Unmarshal(b, &m); err != nil {
+				t.Fatal(err)
+			}
+			gotJSON, _ := json.Marshal(m)
+			wantJSON, _ := json.Marshal(tt.want)
+			if string(gotJSON) != string(wantJSON) {
+				t.Errorf("metadata = %s\nwant %s", gotJSON, wantJSON)
+			}
+		})
 	}
 }
