@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -268,9 +269,12 @@ func (h *attackHost) build(t *testing.T, st *layers.Store, df string, cancelAfte
 	df = first + "\nENV " + attackMarkVar + "=" + h.mark + "\n" + rest
 	var out attackBuild
 	var log bytes.Buffer
+	var mu sync.Mutex // Progress may be called from the goroutines of stages
 	opts := builder.Options{
 		ContextDir: btContext(t, map[string]string{"Dockerfile": df}), Store: st, NoCache: true,
 		Progress: func(ev builder.Event) {
+			mu.Lock()
+			defer mu.Unlock()
 			log.Write(ev.Log)
 			if len(ev.Log) > 0 {
 				out.cgroups = appendRunCgroups(out.cgroups, st)
@@ -286,6 +290,8 @@ func (h *attackHost) build(t *testing.T, st *layers.Store, df string, cancelAfte
 	ctx, cancel := context.WithTimeout(context.Background(), cancelAfter)
 	defer cancel()
 	out.res, out.err = builder.Build(ctx, opts)
+	mu.Lock()
+	defer mu.Unlock()
 	out.log = log.String()
 	return out
 }
