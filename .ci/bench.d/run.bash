@@ -135,10 +135,10 @@ new_buildah_state() {
 	echo "$state"
 }
 
-# drop_state STATE: remove a state dir (buildah's images first, so that an
-# overlay driver unmounts what it mounted).
+# drop_state STATE: remove a state dir (for buildah's overlay driver, its
+# images first, so that it unmounts what it mounted).
 drop_state() {
-	if [[ -f $1/driver ]]; then
+	if [[ -f $1/driver && $(cat "$1/driver") == overlay ]]; then
 		buildah --storage-driver "$(cat "$1/driver")" --root "$1/root" --runroot "$1/run" rm -a >/dev/null 2>&1 || true
 		buildah --storage-driver "$(cat "$1/driver")" --root "$1/root" --runroot "$1/run" rmi -a -f >/dev/null 2>&1 || true
 	fi
