@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -117,8 +118,24 @@ func mkdirAllInRoot(root, dir string, uid, gid int, epoch *time.Time) ([]string,
 		if !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
-		if err := os.Mkdir(full, 0o755); err != nil {
-			return nil, err
+		err = os.Mkdir(full, 0o755)
+		if errors.Is(err, os.ErrNotExist) {
+			// cur went through a symlink to a path whose parents are
+			// missing: create them inside the root first, as mkdir -p.
+			parent, rerr := relInRoot(root, filepath.Dir(full))
+			if rerr != nil {
+				return nil, rerr
+			}
+			more, perr := mkdirAllInRoot(root, "/"+parent, uid, gid, epoch)
+			if perr != nil {
+				return nil, perr
+			}
+			created = append(created, more...)
+			err = os.Mkdir(full, 0o755)
+		}
+		if err != nil {
+			rel, _ := relInRoot(root, full)
+			return nil, fmt.Errorf("mkdir /%s: %w", rel, errors.Unwrap(err))
 		}
 		if err := os.Chmod(full, 0o755); err != nil {
 			return nil, err

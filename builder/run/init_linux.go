@@ -195,13 +195,7 @@ func enterCwd(cwd string, uid, gid int) error {
 			continue
 		}
 		p = path.Join(p, name)
-		err := unix.Mkdir(p, 0o755)
-		if err == nil {
-			err = unix.Lchown(p, uid, gid)
-		} else if errors.Is(err, unix.EEXIST) {
-			continue
-		}
-		if err != nil {
+		if err := mkdirP(p, uid, gid, 0); err != nil {
 			return fmt.Errorf("creating working directory %s: %w", cwd, err)
 		}
 	}
@@ -212,6 +206,38 @@ func enterCwd(cwd string, uid, gid int) error {
 		return fmt.Errorf("working directory %s is outside the root filesystem", cwd)
 	}
 	return nil
+}
+
+// mkdirP creates directory p of the (pivoted) root unless it exists,
+// owned by uid:gid; when p's parent is a symlink to a missing directory,
+// that directory is created first, as mkdir -p does.
+func mkdirP(p string, uid, gid, depth int) error {
+	if depth > 40 {
+		return unix.ELOOP
+	}
+	err := unix.Mkdir(p, 0o755)
+	switch {
+	case err == nil:
+		return unix.Lchown(p, uid, gid)
+	case errors.Is(err, unix.EEXIST):
+		return nil
+	case !errors.Is(err, unix.ENOENT):
+		return err
+	}
+	parent := path.Dir(p)
+	if parent == p {
+		return err
+	}
+	if target, lerr := os.Readlink(parent); lerr == nil {
+		if !path.IsAbs(target) {
+			target = path.Join(path.Dir(parent), target)
+		}
+		parent = path.Clean(target)
+	}
+	if err := mkdirP(parent, uid, gid, depth+1); err != nil {
+		return err
+	}
+	return mkdirP(p, uid, gid, depth+1)
 }
 
 // closeOnExecFrom marks every fd from min on close-on-exec.
