@@ -64,11 +64,9 @@ func (r *stageRun) copyFrom(ctx context.Context, c *instructions.CopyCommand, op
 	}
 	defer snap.Release(context.WithoutCancel(ctx), view)
 	op.SrcRoot = view.Dir
-	idx, err := r.b.statIndex(ctx)
-	if err != nil {
-		return err
-	}
-	d, err := sourcesDigest(ctx, op, idx)
+	// No stat index: the view's path is new on every build, its entries
+	// would never be used again (and the copy reads these files anyway).
+	d, err := sourcesDigest(ctx, op, nil)
 	if err != nil {
 		return err
 	}
