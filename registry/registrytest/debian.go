@@ -39,7 +39,8 @@ const (
 	// prints the rootfs; .ci/bench uses it too.
 	DebianRootfsScript = ".ci/debian-rootfs"
 	// CacheEnv overrides DefaultCacheDir, the directory the rootfs and its
-	// layer are cached in (kept between runs of the suite).
+	// layer are cached in (kept between runs of the suite); the script reads
+	// it.
 	CacheEnv        = "IMGBUILD_TEST_CACHE"
 	DefaultCacheDir = "/var/cache/imgbuild-test"
 	// DebianRepo is where PushDebian pushes.
@@ -53,14 +54,6 @@ const (
 	debianName = "debian-bookworm-minbase"
 	debianLock = "debian.lock"
 )
-
-// CacheDir is $IMGBUILD_TEST_CACHE, or DefaultCacheDir when it is unset.
-func CacheDir() string {
-	if d := os.Getenv(CacheEnv); d != "" {
-		return d
-	}
-	return DefaultCacheDir
-}
 
 // DebianRootfs returns the path of the cached Debian bookworm minbase
 // rootfs, building it with debootstrap the first time on this machine
