@@ -34,7 +34,7 @@ import (
 //	                         instance no one holds, or a new one
 //
 // Caches persist across builds and are shared by the processes using the
-// store; nothing removes them yet.
+// store; PruneCacheMounts (imgbuild prune --all) removes those not in use.
 const cacheMountsDir = "cache-mounts"
 
 // cacheMount mounts a persistent cache directory, as BuildKit's cache

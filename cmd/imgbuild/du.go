@@ -20,6 +20,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/urfave/cli/v2"
 
+	"github.com/imgbuild/imgbuild/builder"
 	"github.com/imgbuild/imgbuild/layers"
 )
 
@@ -29,9 +30,9 @@ func duCommand(s *streams) *cli.Command {
 		Usage: "show the disk usage of the local store",
 		Description: "Images are the tagged images; Build cache the layers of the build cache records; Layer trees the\n" +
 			"extracted layers in ROOT/layers; Unused blobs those neither uses (untagged images, leftovers); Cache mounts\n" +
-			"the directories of RUN --mount=type=cache (which prune keeps). Shared blobs count in Images and Build cache, once in Total.\n" +
+			"the directories of RUN --mount=type=cache. Shared blobs count in Images and Build cache, once in Total.\n" +
 			"RECLAIMABLE is what `imgbuild prune --all` frees: build cache layers no tagged image shares, unused\n" +
-			"blobs, and the trees of layers no tagged image has. --verbose lists each build cache record.",
+			"blobs, the trees of layers no tagged image has, and the cache mounts no running step uses. --verbose lists each build cache record.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "list every build cache record"},
 		},
@@ -50,7 +51,7 @@ type diskUsage struct {
 	treeBytes          int64
 	treeReclaimable    int64
 	unused, unusedB    int64 // blobs neither a tagged image nor a record uses
-	mounts, mountBytes int64 // RUN --mount=type=cache directories (never pruned yet)
+	mounts, mountBytes int64 // RUN --mount=type=cache directories (prune --all removes them)
 	total              int64 // every blob, tree and cache mount
 }
 
@@ -60,7 +61,9 @@ type cacheRow struct {
 	shared bool // a tagged image uses its layer
 }
 
-func (u *diskUsage) reclaimable() int64 { return u.cacheReclaimable + u.treeReclaimable + u.unusedB }
+func (u *diskUsage) reclaimable() int64 {
+	return u.cacheReclaimable + u.treeReclaimable + u.unusedB + u.mountBytes
+}
 
 func duAction(c *cli.Context, s *streams) error {
 	if err := needArgs(c, 0, 0); err != nil {
@@ -128,7 +131,7 @@ func measure(ctx context.Context, st *layers.Store) (*diskUsage, error) {
 	if err := measureTrees(u, filepath.Join(st.Root(), extractedDir), diffIDs); err != nil {
 		return nil, err
 	}
-	if err := measureCacheMounts(u, filepath.Join(st.Root(), cacheMountsDir)); err != nil {
+	if err := measureCacheMounts(u, builder.CacheMountsDir(st)); err != nil {
 		return nil, err
 	}
 	u.total += u.treeBytes + u.mountBytes
@@ -330,12 +333,9 @@ func dirSize(dir string, seen map[[2]uint64]bool) int64 {
 	return n
 }
 
-// Directories of the state directory that du measures: the extracted layer
-// trees (package layers) and the RUN cache mounts (package builder).
-const (
-	extractedDir   = "layers"
-	cacheMountsDir = "cache-mounts"
-)
+// extractedDir is the directory of the extracted layer trees in the state
+// directory (package layers).
+const extractedDir = "layers"
 
 // createdByWidth is how much of a record's CREATED BY the table shows.
 const createdByWidth = 60
@@ -370,7 +370,7 @@ func printUsage(s *streams, u *diskUsage) {
 	fmt.Fprintf(tw, "Build cache\t%d\t%s\t%s\n", len(u.records), humanSize(u.cacheBytes), humanSize(u.cacheReclaimable))
 	fmt.Fprintf(tw, "Layer trees\t%d\t%s\t%s\n", u.trees, humanSize(u.treeBytes), humanSize(u.treeReclaimable))
 	fmt.Fprintf(tw, "Unused blobs\t%d\t%s\t%s\n", u.unused, humanSize(u.unusedB), humanSize(u.unusedB))
-	fmt.Fprintf(tw, "Cache mounts\t%d\t%s\t%s\n", u.mounts, humanSize(u.mountBytes), humanSize(0))
+	fmt.Fprintf(tw, "Cache mounts\t%d\t%s\t%s\n", u.mounts, humanSize(u.mountBytes), humanSize(u.mountBytes))
 	fmt.Fprintf(tw, "Total\t\t%s\t%s\n", humanSize(u.total), humanSize(u.reclaimable()))
 	tw.Flush()
 }

@@ -184,8 +184,8 @@ func TestMeasure(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("measure =\n%+v\nwant\n%+v", got, want)
 	}
-	if r := u.reclaimable(); r != private+d.otherTree+d.stack+untagged {
-		t.Errorf("reclaimable = %d, want %d", r, private+d.otherTree+d.stack+untagged)
+	if r := u.reclaimable(); r != private+d.otherTree+d.stack+untagged+d.mount {
+		t.Errorf("reclaimable = %d, want %d", r, private+d.otherTree+d.stack+untagged+d.mount)
 	}
 	if len(u.records) != 2 {
 		t.Fatalf("records = %+v, want 2", u.records)
@@ -217,7 +217,7 @@ func TestDu(t *testing.T) {
 		"Build cache 2 " + humanSize(u.cacheBytes) + " " + humanSize(u.cacheReclaimable),
 		"Layer trees 3 " + humanSize(u.treeBytes) + " " + humanSize(u.treeReclaimable),
 		"Unused blobs 4 " + humanSize(u.unusedB) + " " + humanSize(u.unusedB),
-		"Cache mounts 1 700B 0B",
+		"Cache mounts 1 700B 700B",
 		"Total " + humanSize(u.total) + " " + humanSize(u.reclaimable()),
 	}
 	out, _ := mustRun(t, 0, "du")
@@ -251,7 +251,7 @@ func TestDu(t *testing.T) {
 
 	out, _ = mustRun(t, 0, "prune", "--all")
 	// What du called reclaimable is what prune --all frees.
-	wantPrune := "Deleted 2 build cache records, 5 blobs, 1 untagged images and 2 extracted layer trees; total reclaimed space: " +
+	wantPrune := "Deleted 2 build cache records, 5 blobs, 1 untagged images, 2 extracted layer trees and 1 cache mounts; total reclaimed space: " +
 		humanSize(u.reclaimable()) + "\n"
 	if out != wantPrune {
 		t.Errorf("prune --all = %q, want %q", out, wantPrune)
@@ -263,8 +263,8 @@ func TestDu(t *testing.T) {
 		"Build cache 0 0B 0B",
 		"Layer trees 1 " + humanSize(d.keptTree) + " 0B",
 		"Unused blobs 0 0B 0B",
-		"Cache mounts 1 700B 0B",
-		"Total " + humanSize(u.imageBytes+d.keptTree+d.mount) + " 0B",
+		"Cache mounts 0 0B 0B",
+		"Total " + humanSize(u.imageBytes+d.keptTree) + " 0B",
 	}
 	if got := squeeze(out); !equalLines(got, after) {
 		t.Errorf("du after prune --all =\n%s\nwant (spaces squeezed)\n%s", out, strings.Join(after, "\n"))

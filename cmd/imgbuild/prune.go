@@ -110,11 +110,19 @@ func pruneAction(c *cli.Context, s *streams) error {
 	if err != nil {
 		return fmt.Errorf("pruning: %w", err)
 	}
+	mounts := 0
+	if c.Bool("all") { // RUN --mount=type=cache directories go with --all only
+		n, freed, err := builder.PruneCacheMounts(c.Context, st)
+		if err != nil {
+			return fmt.Errorf("pruning: %w", err)
+		}
+		mounts, rep.Bytes = n, rep.Bytes+freed
+	}
 	if err := cleanRunState(st); err != nil {
 		return fmt.Errorf("pruning: %w", err)
 	}
-	fmt.Fprintf(s.stdout, "Deleted %d build cache records, %d blobs, %d untagged images and %d extracted layer trees; total reclaimed space: %s\n",
-		records, rep.Blobs, rep.Images, rep.Trees, units.HumanSizeWithPrecision(float64(rep.Bytes), 3))
+	fmt.Fprintf(s.stdout, "Deleted %d build cache records, %d blobs, %d untagged images, %d extracted layer trees and %d cache mounts; total reclaimed space: %s\n",
+		records, rep.Blobs, rep.Images, rep.Trees, mounts, units.HumanSizeWithPrecision(float64(rep.Bytes), 3))
 	return nil
 }
 

@@ -218,7 +218,7 @@ func TestPrune(t *testing.T) {
 	mustRun(t, 0, "rm", "app:1")
 	// The untagged image's four blobs (two layers, config, manifest) go.
 	out, _ := mustRun(t, 0, "prune")
-	if !strings.HasPrefix(out, "Deleted 0 build cache records, 4 blobs, 0 untagged images and 0 extracted layer trees; total reclaimed space: ") {
+	if !strings.HasPrefix(out, "Deleted 0 build cache records, 4 blobs, 0 untagged images, 0 extracted layer trees and 0 cache mounts; total reclaimed space: ") {
 		t.Errorf("prune output = %q", out)
 	}
 }
