@@ -154,16 +154,21 @@ func (s *Store) cacheLookup(ctx context.Context, key v1.Hash) (l v1.Layer, rec *
 		os.Remove(p)
 		return nil, nil, false, nil
 	}
+	dirty := false
 	if rec.Blob == nil || *rec.Blob != *st {
 		if err := s.verifyBlob(ctx, rec.Layer.Digest, rec.Layer.Size); err != nil {
 			os.Remove(bp) // corrupt: rebuilt by the step, never used
 			os.Remove(p)
 			return nil, nil, false, nil
 		}
-		rec.Blob = st
+		rec.Blob, dirty = st, true
 	}
-	rec.LastUsed = time.Now().UTC()
-	_ = s.writeRecord(p, rec) // best effort: only prune ordering depends on it
+	// LastUsed orders prune --keep-storage and --filter until: to the
+	// minute is enough, and a no-op rebuild then writes no record.
+	if now := time.Now().UTC(); dirty || now.Sub(rec.LastUsed) > time.Minute {
+		rec.LastUsed = now
+		_ = s.writeRecord(p, rec) // best effort
+	}
 	return &storeLayer{s: s, digest: rec.Layer.Digest, diffID: rec.DiffID, size: rec.Layer.Size,
 		mediaType: types.MediaType(rec.Layer.MediaType)}, rec, true, nil
 }
