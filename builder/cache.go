@@ -77,6 +77,9 @@ func (r *stageRun) cached(ctx context.Context, key v1.Hash, msg string) (bool, e
 	}
 	r.hit = true
 	r.b.remote.collectNext(r.st, key, next, l, msg)
+	if next != (v1.Hash{}) { // the content-keyed record too, for --cache-to
+		r.b.remote.collectNext(r.st, next, v1.Hash{}, l, msg)
+	}
 	return true, nil
 }
 
