@@ -38,6 +38,9 @@ type build struct {
 	imagesMu   sync.Mutex
 	images     map[string]*stageResult // COPY --from=<image>, by reference
 	remote     *remoteCache            // --cache-from, --cache-to (cache_remote.go)
+	// outStore is opts.Store fetching lazy layers under the caller's
+	// context, for the Result (opts.Store uses the build's).
+	outStore *layers.Store
 
 	statOnce sync.Once         // opens stat on the first COPY/ADD
 	stat     *layers.StatIndex // digests of context files, kept in the store
@@ -83,6 +86,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		removeTmp()
 		return nil, fmt.Errorf("unknown snapshotter %q (want auto, overlay or copy)", opts.Snapshotter)
 	}
+	outer := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	var stages sync.WaitGroup
 	var b *build
@@ -113,6 +117,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	}
 	b = &build{opts: opts, bctx: bctx, plan: p, target: target, now: time.Now().UTC(), tmp: tmp,
 		images: map[string]*stageResult{}, stages: &stages, cancel: cancel}
+	fetcher := registry.NewFetcher(opts.Registry, b.countFetch)
+	b.opts.Store = opts.Store.WithFetcher(ctx, fetcher)
+	b.outStore = opts.Store.WithFetcher(outer, fetcher)
 	// Creating the sandbox executor cleans what runs of killed processes
 	// left; an error surfaces at the first RUN.
 	_, _ = b.executor()

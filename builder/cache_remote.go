@@ -9,6 +9,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/imgbuild/imgbuild/layers"
 	"github.com/imgbuild/imgbuild/registry"
 )
 
@@ -20,10 +21,11 @@ type CacheStats struct {
 	// Hits is the number of steps taken from a --cache-from cache (steps
 	// the local cache had are not counted).
 	Hits int
-	// BytesDownloaded counts the bytes read from the --cache-from caches:
-	// their manifests and configs, and the layer blobs of the Hits that the
-	// local store did not hold already. Only the layers of hit steps are
-	// ever read, never a whole cache.
+	// BytesDownloaded counts the bytes read from the --cache-from caches
+	// during the build: their manifests and configs, and the layer blobs
+	// of Hits that the build read (a later step that runs needs the layers
+	// below it; an output other than a push needs them all). Layers a push
+	// mounts are never read, and never a whole cache.
 	BytesDownloaded int64
 	// Exported is the number of step records written to the last
 	// --cache-to destination.
@@ -94,9 +96,12 @@ func (rc *remoteCache) warnf(format string, args ...any) {
 }
 
 // remoteHit looks key up in the --cache-from caches after a local miss.
-// On a hit the layer blob is fetched into the store (unless it is there),
-// verified, and recorded in the local cache under key. A blob that cannot
-// be fetched or does not verify is a warning and a miss: the step runs.
+// On a hit the step is recorded in the local cache under key. The layer
+// blob of a registry cache stays lazy (see layers.Store.AddBlobSource): it
+// is fetched only if a later step or an output reads it, and a push to the
+// same registry mounts it. A layout directory's blob is copied into the
+// store. A blob that cannot be copied or does not verify is a warning and a
+// miss: the step runs.
 func (r *stageRun) remoteHit(ctx context.Context, key v1.Hash, createdBy string) (l v1.Layer, next v1.Hash, ok bool) {
 	rc := r.b.remote
 	if rc == nil {
@@ -126,14 +131,31 @@ func (r *stageRun) remoteHit(ctx context.Context, key v1.Hash, createdBy string)
 
 func (rc *remoteCache) fetch(ctx context.Context, b *build, c *registry.Cache, hit registry.CacheHit, createdBy string) (v1.Layer, error) {
 	defer rc.lock(hit.Layer.Digest)()
-	return b.opts.Store.CacheImport(ctx, hit.Key, hit.Next, hit.Layer, hit.DiffID, createdBy,
-		func(ctx context.Context) (io.ReadCloser, error) {
+	return b.opts.Store.CacheImport(ctx, layers.CacheImportOptions{
+		Key: hit.Key, Next: hit.Next, Layer: hit.Layer, DiffID: hit.DiffID, CreatedBy: createdBy,
+		Repository: c.Repository, // a registry cache's blobs stay there until needed
+		Open: func(ctx context.Context) (io.ReadCloser, error) {
 			body, err := c.OpenLayer(ctx, hit.Layer)
 			if err != nil {
 				return nil, err
 			}
 			return &countingReader{ReadCloser: body, n: &rc.fetched}, nil
-		})
+		}})
+}
+
+// countFetch counts the bytes of lazy layers fetched from a --cache-from
+// registry (registry.NewFetcher's count).
+func (b *build) countFetch(repo string, n int) {
+	rc := b.remote
+	if rc == nil {
+		return
+	}
+	for _, c := range rc.caches {
+		if c.Repository == repo {
+			rc.fetched.Add(int64(n))
+			return
+		}
+	}
 }
 
 // lock serializes the fetches of one blob, so that two stages hitting the

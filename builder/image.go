@@ -49,7 +49,10 @@ func (b *build) scratch(plat v1.Platform) *stageResult {
 }
 
 // image resolves ref for plat: a tag already in the local store is used as
-// is, anything else is pulled from its registry into the store.
+// is, anything else is pulled from its registry into the store: its
+// manifest and config now, its layers lazily, when a step or an output
+// reads them (a fully cached build that pushes to the same registry never
+// downloads them).
 func (b *build) image(ctx context.Context, ref string, plat v1.Platform) (*stageResult, error) {
 	st := b.opts.Store
 	img, err := st.Image(ctx, ref)
@@ -60,7 +63,7 @@ func (b *build) image(ctx context.Context, ref string, plat v1.Platform) (*stage
 		if perr != nil {
 			return nil, perr
 		}
-		dgst, perr := st.PutImage(ctx, remote)
+		dgst, perr := st.PutImageLazy(ctx, remote) // layers are fetched when a step reads them
 		if perr != nil {
 			return nil, fmt.Errorf("storing %s: %w", ref, perr)
 		}
@@ -110,8 +113,8 @@ func (b *build) finish(ctx context.Context, res *stageResult) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := b.opts.Store
-	dgst, err := st.PutImage(ctx, img)
+	st := b.outStore
+	dgst, err := st.PutImageLazy(ctx, img)
 	if err != nil {
 		return nil, fmt.Errorf("storing image: %w", err)
 	}
@@ -123,6 +126,12 @@ func (b *build) finish(ctx context.Context, res *stageResult) (*Result, error) {
 	stored, err := st.Image(ctx, dgst.String())
 	if err != nil {
 		return nil, err
+	}
+	if !pushOnly(b.opts.Outputs) {
+		// Tools reading the store's OCI layout need every blob.
+		if err := st.FetchImage(ctx, stored); err != nil {
+			return nil, fmt.Errorf("storing image: %w", err)
+		}
 	}
 	desc, err := partial.Descriptor(stored)
 	if err != nil {
@@ -139,6 +148,18 @@ func (b *build) finish(ctx context.Context, res *stageResult) (*Result, error) {
 		}
 	}
 	return out, nil
+}
+
+// pushOnly reports whether every output pushes to a registry, so that the
+// stored result may keep lazy layers: the push mounts those the registry
+// has and reads (fetches) the others.
+func pushOnly(outs []Output) bool {
+	for _, o := range outs {
+		if o.Type != OutputRegistry {
+			return false
+		}
+	}
+	return len(outs) > 0
 }
 
 // assemble makes an OCI image from a config and its layers. Layer media

@@ -88,17 +88,18 @@ func (s *Store) CachePutNext(ctx context.Context, key, next v1.Hash, l v1.Layer,
 	if err != nil {
 		return err
 	}
-	if !s.hasBlob(dgst, size) {
+	desc := v1.Descriptor{MediaType: mt, Size: size, Digest: dgst}
+	if _, ok := s.lazyLayer(desc, diffID); !ok {
 		return fmt.Errorf("caching step: layer %s is not in the store", dgst)
 	}
 	now := time.Now().UTC()
-	rec := CacheRecord{Key: key, Layer: v1.Descriptor{MediaType: mt, Size: size, Digest: dgst},
+	rec := CacheRecord{Key: key, Layer: desc,
 		DiffID: diffID, CreatedBy: createdBy, Created: now, LastUsed: now}
 	if next != (v1.Hash{}) {
 		rec.Next = &next
 	}
 	bp, _ := s.blobPath(dgst)
-	rec.Blob, _ = stampOf(bp) // written by this process: verified
+	rec.Blob, _ = stampOf(bp) // written by this process: verified (nil: lazy)
 	return s.writeRecord(p, &rec)
 }
 
@@ -150,6 +151,14 @@ func (s *Store) cacheLookup(ctx context.Context, key v1.Hash) (l v1.Layer, rec *
 		return nil, nil, false, nil
 	}
 	st, err := stampOf(bp)
+	if errors.Is(err, fs.ErrNotExist) {
+		// A lazy blob (from a registry cache or base image) is used
+		// while the store knows where to fetch it.
+		if l, ok := s.lazyLayer(rec.Layer, rec.DiffID); ok {
+			s.touchRecord(p, rec, false)
+			return l, rec, true, nil
+		}
+	}
 	if err != nil || st.Size != rec.Layer.Size {
 		os.Remove(p)
 		return nil, nil, false, nil
@@ -163,14 +172,19 @@ func (s *Store) cacheLookup(ctx context.Context, key v1.Hash) (l v1.Layer, rec *
 		}
 		rec.Blob, dirty = st, true
 	}
-	// LastUsed orders prune --keep-storage and --filter until: to the
-	// minute is enough, and a no-op rebuild then writes no record.
+	s.touchRecord(p, rec, dirty)
+	return &storeLayer{s: s, digest: rec.Layer.Digest, diffID: rec.DiffID, size: rec.Layer.Size,
+		mediaType: types.MediaType(rec.Layer.MediaType)}, rec, true, nil
+}
+
+// touchRecord updates the record's LastUsed, which orders prune
+// --keep-storage and --filter until: to the minute is enough, and a no-op
+// rebuild then writes no record (unless dirty).
+func (s *Store) touchRecord(p string, rec *CacheRecord, dirty bool) {
 	if now := time.Now().UTC(); dirty || now.Sub(rec.LastUsed) > time.Minute {
 		rec.LastUsed = now
 		_ = s.writeRecord(p, rec) // best effort
 	}
-	return &storeLayer{s: s, digest: rec.Layer.Digest, diffID: rec.DiffID, size: rec.Layer.Size,
-		mediaType: types.MediaType(rec.Layer.MediaType)}, rec, true, nil
 }
 
 func readRecord(p string) (*CacheRecord, error) {

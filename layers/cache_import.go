@@ -9,20 +9,34 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-// CacheImport records under key a step that a remote cache supplied: the
-// layer blob desc, whose uncompressed content has the digest diffID, and
-// the record's Next (zero: none; see CacheRecord.Next). open
-// returns the blob's bytes; it is called only when the store lacks the
-// blob. The blob's digest and size and the diffID of its content are
-// verified before the record is written: bytes that do not match are not
-// recorded and the error wraps ErrDigestMismatch. The returned layer is
-// backed by the stored blob.
-func (s *Store) CacheImport(ctx context.Context, key, next v1.Hash, desc v1.Descriptor, diffID v1.Hash, createdBy string,
-	open func(context.Context) (io.ReadCloser, error)) (v1.Layer, error) {
-	if _, err := s.cacheRecordPath(key); err != nil {
+// CacheImportOptions describe a step that a remote cache supplied.
+type CacheImportOptions struct {
+	Key       v1.Hash       // the step's cache key
+	Next      v1.Hash       // the record's Next (zero: none; see CacheRecord.Next)
+	Layer     v1.Descriptor // the layer blob
+	DiffID    v1.Hash       // the digest of the blob's uncompressed content
+	CreatedBy string
+	// Repository, when set, is a registry repository holding the blob: a
+	// blob the store lacks is then recorded as lazy (see AddBlobSource)
+	// and fetched only when a layer read needs it; a push to the same
+	// registry mounts it instead.
+	Repository string
+	// Open returns the blob's bytes. It is called only when the store
+	// lacks the blob and Repository is empty.
+	Open func(context.Context) (io.ReadCloser, error)
+}
+
+// CacheImport records the step o describes under o.Key. A blob downloaded
+// (through o.Open) or already stored is verified first, its digest and size
+// and the diffID of its content: bytes that do not match are not recorded
+// and the error wraps ErrDigestMismatch. A lazy blob is verified when it is
+// fetched. The returned layer is backed by the store.
+func (s *Store) CacheImport(ctx context.Context, o CacheImportOptions) (v1.Layer, error) {
+	desc := o.Layer
+	if _, err := s.cacheRecordPath(o.Key); err != nil {
 		return nil, err
 	}
-	if _, err := s.blobPath(diffID); err != nil {
+	if _, err := s.blobPath(o.DiffID); err != nil {
 		return nil, fmt.Errorf("layer %s: diffID: %w", desc.Digest, err)
 	}
 	release, err := s.Lease(ctx)
@@ -30,24 +44,34 @@ func (s *Store) CacheImport(ctx context.Context, key, next v1.Hash, desc v1.Desc
 		return nil, err
 	}
 	defer release()
-	l := &storeLayer{s: s, digest: desc.Digest, diffID: diffID, size: desc.Size, mediaType: desc.MediaType}
-	if s.hasBlob(desc.Digest, desc.Size) {
+	l := &storeLayer{s: s, digest: desc.Digest, diffID: o.DiffID, size: desc.Size, mediaType: desc.MediaType}
+	switch {
+	case s.hasBlob(desc.Digest, desc.Size):
 		// Stored already, maybe under another diffID claim: check this one.
 		if err := readAll(l.Uncompressed()); err != nil {
 			return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 		}
-	} else {
-		rc, err := open(ctx)
+		if o.Repository != "" {
+			if err := s.AddBlobSource(ctx, desc, o.DiffID, o.Repository); err != nil {
+				return nil, err
+			}
+		}
+	case o.Repository != "":
+		if err := s.AddBlobSource(ctx, desc, o.DiffID, o.Repository); err != nil {
+			return nil, err
+		}
+	default:
+		rc, err := o.Open(ctx)
 		if err != nil {
 			return nil, err
 		}
-		err = s.putLayerBlob(ctx, rc, desc, diffID)
+		err = s.putLayerBlob(ctx, rc, desc, o.DiffID)
 		rc.Close()
 		if err != nil {
 			return nil, err
 		}
 	}
-	if err := s.CachePutNext(ctx, key, next, l, createdBy); err != nil {
+	if err := s.CachePutNext(ctx, o.Key, o.Next, l, o.CreatedBy); err != nil {
 		return nil, err
 	}
 	return l, nil

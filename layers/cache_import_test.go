@@ -90,7 +90,7 @@ func TestCacheImport(t *testing.T) {
 				return io.NopCloser(bytes.NewReader(served)), nil
 			}
 			d := desc(tc.layer)
-			l, err := dst.CacheImport(ctx, keyOf(tc.name), keyOf("next"), d, claim, "RUN "+tc.name, open)
+			l, err := dst.CacheImport(ctx, layers.CacheImportOptions{Key: keyOf(tc.name), Next: keyOf("next"), Layer: d, DiffID: claim, CreatedBy: "RUN " + tc.name, Open: open})
 			if opened != 1 {
 				t.Errorf("blob opened %d times, want 1", opened)
 			}
@@ -118,19 +118,18 @@ func TestCacheImport(t *testing.T) {
 			}
 			// A second key on the same blob: nothing is fetched, the
 			// diffID claim is still checked.
-			if _, err := dst.CacheImport(ctx, keyOf("again"), v1.Hash{}, d, claim, "", open); err != nil || opened != 1 {
+			if _, err := dst.CacheImport(ctx, layers.CacheImportOptions{Key: keyOf("again"), Layer: d, DiffID: claim, Open: open}); err != nil || opened != 1 {
 				t.Errorf("second import: %v, blob opened %d times", err, opened)
 			}
-			if _, err := dst.CacheImport(ctx, keyOf("lie"), v1.Hash{}, d, keyOf("x"), "", open); !errors.Is(err, layers.ErrDigestMismatch) || opened != 1 {
+			if _, err := dst.CacheImport(ctx, layers.CacheImportOptions{Key: keyOf("lie"), Layer: d, DiffID: keyOf("x"), Open: open}); !errors.Is(err, layers.ErrDigestMismatch) || opened != 1 {
 				t.Errorf("wrong diffID for a stored blob: %v, blob opened %d times", err, opened)
 			}
 		})
 	}
 	t.Run("open fails", func(t *testing.T) {
 		dst := openTestStore(t)
-		_, err := dst.CacheImport(ctx, keyOf("x"), v1.Hash{}, desc(gz), diffID(gz), "", func(context.Context) (io.ReadCloser, error) {
-			return nil, os.ErrPermission
-		})
+		_, err := dst.CacheImport(ctx, layers.CacheImportOptions{Key: keyOf("x"), Layer: desc(gz), DiffID: diffID(gz),
+			Open: func(context.Context) (io.ReadCloser, error) { return nil, os.ErrPermission }})
 		if !errors.Is(err, os.ErrPermission) {
 			t.Errorf("error %v", err)
 		}

@@ -37,8 +37,22 @@ func (s *Store) Image(ctx context.Context, ref string) (v1.Image, error) {
 // each against its digest and skipping those already stored, lists the
 // image in the index (untagged until Tag) and returns its manifest digest.
 // Bytes that do not match their digest are not stored: the error wraps
-// ErrDigestMismatch.
+// ErrDigestMismatch. The repositories of layers pulled from a registry are
+// recorded (see AddBlobSource), so that pushes can mount them.
 func (s *Store) PutImage(ctx context.Context, img v1.Image) (v1.Hash, error) {
+	return s.putImage(ctx, img, false)
+}
+
+// PutImageLazy is PutImage except that the layer blobs the store can fetch
+// later are not downloaded: those of layers pulled from a registry (their
+// repository is recorded, see AddBlobSource) and the lazy layers of this
+// store. Reading such a layer, from the store or from Image, fetches it
+// (see WithFetcher); FetchImage fetches them all.
+func (s *Store) PutImageLazy(ctx context.Context, img v1.Image) (v1.Hash, error) {
+	return s.putImage(ctx, img, true)
+}
+
+func (s *Store) putImage(ctx context.Context, img v1.Image, lazy bool) (v1.Hash, error) {
 	release, err := s.Lease(ctx)
 	if err != nil {
 		return v1.Hash{}, err
@@ -57,7 +71,7 @@ func (s *Store) PutImage(ctx context.Context, img v1.Image) (v1.Hash, error) {
 		return v1.Hash{}, fmt.Errorf("storing image %s: %w", digest, err)
 	}
 	for _, desc := range m.Layers {
-		if err := s.putLayer(ctx, img, desc); err != nil {
+		if err := s.putLayer(ctx, img, desc, lazy); err != nil {
 			return v1.Hash{}, fmt.Errorf("storing image %s: %w", digest, err)
 		}
 	}
@@ -82,13 +96,29 @@ func (s *Store) PutImage(ctx context.Context, img v1.Image) (v1.Hash, error) {
 	return digest, nil
 }
 
-func (s *Store) putLayer(ctx context.Context, img v1.Image, desc v1.Descriptor) error {
-	if s.hasBlob(desc.Digest, desc.Size) {
+func (s *Store) putLayer(ctx context.Context, img v1.Image, desc v1.Descriptor, lazy bool) error {
+	stored := s.hasBlob(desc.Digest, desc.Size)
+	if stored && !lazy {
 		return nil
 	}
 	l, err := img.LayerByDigest(desc.Digest)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	if src := s.layerSource(l); src != "" {
+		diffID, err := l.DiffID()
+		if err != nil {
+			return fmt.Errorf("layer %s: %w", desc.Digest, err)
+		}
+		if err := s.AddBlobSource(ctx, desc, diffID, src); err != nil {
+			return err
+		}
+		if lazy {
+			return nil
+		}
+	}
+	if stored {
+		return nil
 	}
 	rc, err := l.Compressed()
 	if err != nil {

@@ -33,9 +33,17 @@ func (l *storeLayer) Size() (int64, error)                { return l.size, nil }
 func (l *storeLayer) MediaType() (types.MediaType, error) { return l.mediaType, nil }
 
 // Compressed opens the stored blob; the reader fails at EOF if the bytes do
-// not match the layer's digest and size.
+// not match the layer's digest and size. A lazy blob (see AddBlobSource) is
+// fetched into the store first.
 func (l *storeLayer) Compressed() (io.ReadCloser, error) {
-	return l.s.openBlob(l.digest, l.size)
+	rc, err := l.s.openBlob(l.digest, l.size)
+	if errors.Is(err, ErrNotFound) && l.s.lazy != nil {
+		if ferr := l.s.fetchBlob(l); ferr != nil {
+			return nil, ferr
+		}
+		rc, err = l.s.openBlob(l.digest, l.size)
+	}
+	return rc, err
 }
 
 // Uncompressed decompresses the stored blob; the reader fails at EOF if the

@@ -72,6 +72,9 @@ func (s *Store) Prune(ctx context.Context) (PruneReport, error) {
 	if err := s.sweepBlobs(ctx, keep, &rep); err != nil {
 		return rep, fmt.Errorf("pruning: %w", err)
 	}
+	if err := s.sweepSources(ctx, keep); err != nil {
+		return rep, fmt.Errorf("pruning: %w", err)
+	}
 	trees, n, err := s.pruneExtracted(ctx, func(h v1.Hash) bool { return diffIDs[h] })
 	rep.Trees += trees
 	rep.Bytes += n

@@ -29,12 +29,16 @@ var ErrNotFound = errors.New("not found")
 //	tmp/          scratch space: blobs being written, TempDir directories
 //	index.lock    flock(2) serialising index.json updates across processes
 //	gc.lock       flock(2): shared by leases (see Lease), exclusive for Prune
+//	sources/      the registry repositories layer blobs are known to be in
+//	              (see AddBlobSource): a blob listed there may be absent
+//	              from oci/blobs (lazy) until a layer read fetches it
 //
 // and leaves every other name (layers/, cache/, ...) to the rest of imgbuild.
 // A Store is safe for concurrent use by goroutines and by processes sharing
 // the root.
 type Store struct {
 	root string
+	lazy *lazyState // set by WithFetcher
 }
 
 const (

@@ -35,6 +35,10 @@ type CacheHit struct {
 type Cache struct {
 	// Source is the reference or the layout directory it was read from.
 	Source string
+	// Repository is the registry repository ("registry/path") of a cache
+	// read by PullCache, where its layer blobs can be fetched or mounted
+	// from; "" for a layout directory.
+	Repository string
 	// Digest is the digest of its manifest.
 	Digest v1.Hash
 	// MetadataBytes counts the bytes of the manifest and config read.
@@ -82,6 +86,7 @@ func PullCache(ctx context.Context, ref string, opts Options) (*Cache, error) {
 	}
 	c.Source = ref
 	repo := r.Context()
+	c.Repository = repo.Name()
 	c.open = func(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error) {
 		rc, err := remoteBlob(ctx, puller, repo, d)
 		if err != nil {

@@ -6,7 +6,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
@@ -15,7 +14,10 @@ import (
 // others are uploaded once, and the manifest is written after its blobs,
 // then put under each further tag. A repository on a registry that already
 // received the image mounts the blobs from there instead of uploading them
-// again. The first failure stops the push and names its tag.
+// again; so do layers whose blob the local store knows to be in another
+// repository of the target's registry (a pulled base image, a layer from a
+// registry build cache: see layers.Store.AddBlobSource), and those are then
+// never read, so a lazy layer is not downloaded. The first failure stops the push and names its tag.
 func Push(ctx context.Context, img v1.Image, tags []string, opts Options) error {
 	if len(tags) == 0 {
 		return errors.New("pushing: no tag given")
@@ -34,9 +36,9 @@ func Push(ctx context.Context, img v1.Image, tags []string, opts Options) error 
 	}
 	pushed := map[string]name.Reference{} // registry -> a repository holding the blobs
 	for _, group := range groupByRepo(parsed) {
-		src := img
+		var src v1.Image = &mountImage{Image: img, mount: opts.mountSources(group[0].Context())}
 		if from, ok := pushed[group[0].RegistryStr()]; ok {
-			src = &mountFrom{Image: img, ref: from}
+			src = &mountImage{Image: img, mount: mountFrom(from)}
 		}
 		for _, t := range group {
 			if err := pusher.Push(ctx, t, src); err != nil {
@@ -63,58 +65,4 @@ func groupByRepo(tags []name.Tag) [][]name.Tag {
 		groups[i] = append(groups[i], t)
 	}
 	return groups
-}
-
-// mountFrom presents img's layers as mountable from ref, a repository on the
-// same registry that already holds them.
-type mountFrom struct {
-	v1.Image
-	ref name.Reference
-}
-
-func (m *mountFrom) mountable(l v1.Layer) v1.Layer {
-	if ml, ok := l.(*remote.MountableLayer); ok {
-		l = ml.Layer
-	}
-	return &remote.MountableLayer{Layer: l, Reference: m.ref}
-}
-
-// Layers implements v1.Image.
-func (m *mountFrom) Layers() ([]v1.Layer, error) {
-	ls, err := m.Image.Layers()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]v1.Layer, len(ls))
-	for i, l := range ls {
-		out[i] = m.mountable(l)
-	}
-	return out, nil
-}
-
-// LayerByDigest implements v1.Image.
-func (m *mountFrom) LayerByDigest(h v1.Hash) (v1.Layer, error) {
-	l, err := m.Image.LayerByDigest(h)
-	if err != nil {
-		return nil, err
-	}
-	return m.mountable(l), nil
-}
-
-// LayerByDiffID implements v1.Image.
-func (m *mountFrom) LayerByDiffID(h v1.Hash) (v1.Layer, error) {
-	l, err := m.Image.LayerByDiffID(h)
-	if err != nil {
-		return nil, err
-	}
-	return m.mountable(l), nil
-}
-
-// ConfigLayer makes the config blob mountable too.
-func (m *mountFrom) ConfigLayer() (v1.Layer, error) {
-	l, err := partial.ConfigLayer(m.Image)
-	if err != nil {
-		return nil, err
-	}
-	return m.mountable(l), nil
 }

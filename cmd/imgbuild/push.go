@@ -40,6 +40,9 @@ func pushCommand(s *streams) *cli.Command {
 			if err != nil {
 				return err
 			}
+			// An image built with --push may hold lazy layers: the push
+			// mounts them, or fetches them from where they came from.
+			st = st.WithFetcher(c.Context, registry.NewFetcher(opts, nil))
 			for _, ref := range c.Args().Slice() {
 				img, err := st.Image(c.Context, ref)
 				if err != nil {
@@ -86,6 +89,7 @@ func saveAction(c *cli.Context, s *streams) error {
 	if err != nil {
 		return err
 	}
+	st = st.WithFetcher(c.Context, registry.NewFetcher(registry.Options{}, nil)) // lazy layers of a --push build
 	tags, err := storeTags(c, st)
 	if err != nil {
 		return err
