@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -156,13 +157,34 @@ func PushCache(ctx context.Context, ref string, steps []CacheStep, opts Options)
 // WriteCacheLayout writes the cache artifact of steps into the OCI image
 // layout at dir (created when missing), replacing the index.json entry
 // named CacheRefName; other entries are kept. Blobs present already are
-// not written again; blobs of a replaced cache stay (remove the directory
-// to reclaim them).
+// not written again.
+//
+// The write goes in three steps: the new blobs, then index.json (replaced
+// through a rename, so a reader sees the old index or the new one), then a
+// sweep that removes the files under blobs/sha256 that no manifest listed
+// in index.json references any more (the replaced cache's blobs). The sweep
+// walks every entry of index.json: image manifests (their config and
+// layers), indexes (their manifests, recursively) and subjects. Blobs of
+// other images listed in index.json therefore stay. When anything cannot be
+// read or understood (a missing or corrupt manifest, an unknown media type,
+// an index.json that does not parse), or dir cannot be locked, nothing is
+// removed. Concurrent WriteCacheLayout calls on one dir are serialized by a
+// flock(2) lock on the directory; other programs writing into dir at the
+// same time are not excluded. A blob that cannot be removed fails the call,
+// after the new cache was written.
 func WriteCacheLayout(ctx context.Context, dir string, steps []CacheStep) error {
 	img, err := CacheArtifact(steps)
 	if err != nil {
 		return fmt.Errorf("cache layout %s: %w", dir, err)
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("cache layout %s: %w", dir, err)
+	}
+	release, locked, err := lockLayout(ctx, dir)
+	if err != nil {
+		return fmt.Errorf("cache layout %s: %w", dir, err)
+	}
+	defer release()
 	p, err := layout.FromPath(dir)
 	if err != nil {
 		if p, err = layout.Write(dir, empty.Index); err != nil {
@@ -172,11 +194,17 @@ func WriteCacheLayout(ctx context.Context, dir string, steps []CacheStep) error 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	err = p.ReplaceImage(img, func(d v1.Descriptor) bool {
-		return d.Annotations[AnnotationRefName] == CacheRefName
-	}, layout.WithAnnotations(map[string]string{AnnotationRefName: CacheRefName}))
-	if err != nil {
+	if err := p.WriteImage(img); err != nil {
 		return fmt.Errorf("cache layout %s: %w", dir, err)
+	}
+	if err := replaceCacheEntry(dir, img); err != nil {
+		return fmt.Errorf("cache layout %s: %w", dir, err)
+	}
+	if !locked {
+		return nil
+	}
+	if _, err := sweepLayout(ctx, dir); err != nil {
+		return fmt.Errorf("cache layout %s: removing unused blobs: %w", dir, err)
 	}
 	return nil
 }
