@@ -19,7 +19,8 @@ import (
 )
 
 // errUncacheable marks a COPY/ADD whose sources cannot be digested without
-// performing it: an ADD of a URL without --checksum. The step always runs.
+// fetching them: an ADD of a URL without --checksum that prefetch did not
+// download. The step always runs.
 var errUncacheable = errors.New("sources cannot be known without fetching them")
 
 // sourcesDigestVersion names the record format below; change it whenever
@@ -48,8 +49,10 @@ const sourcesDigestVersion = "imgbuild sources v1"
 //
 // Times are left out, and so are owners of context sources (the copy sets
 // 0:0 or --chown). A heredoc is its name, mode and content; an ADD URL
-// with --checksum is its file name and checksum; without one, the error is
-// errUncacheable. A local archive that ADD extracts is its file digest.
+// with --checksum is its file name and checksum; without one, its name,
+// size, content digest and Last-Modified once op.Fetched holds it (see
+// prefetch), else the error is errUncacheable. A local archive that ADD
+// extracts is its file digest.
 // Everything that is spelled in the instruction itself (destination,
 // --chown, --chmod, --link, flags) is the caller's to hash.
 func sourcesDigest(ctx context.Context, op copyOp, idx *layers.StatIndex) (v1.Hash, error) {
@@ -254,10 +257,22 @@ func (d *srcDigester) regular(it *srcItem, src, rel string, fi os.FileInfo, st *
 	return sum.Xattrs, nil
 }
 
-// url records an ADD URL: only --checksum makes its content known.
+// url records an ADD URL: with --checksum, its file name and checksum
+// (nothing is fetched); else, once prefetch downloaded it, its file name,
+// size, content digest and Last-Modified time, as BuildKit's HTTP source
+// key; errUncacheable when it was not downloaded.
 func (d *srcDigester) url(src string) error {
 	if d.c.op.Checksum == "" {
-		return fmt.Errorf("ADD %s: %w", src, errUncacheable)
+		f := d.c.op.Fetched[src]
+		if f == nil {
+			return fmt.Errorf("ADD %s: %w", src, errUncacheable)
+		}
+		d.str("url-content")
+		d.str(f.item.name)
+		d.num(uint64(f.size))
+		d.str(f.sha256)
+		d.str(f.lastModified)
+		return nil
 	}
 	if _, _, _, err := parseChecksum(d.c.op.Checksum); err != nil {
 		return err
@@ -270,6 +285,40 @@ func (d *srcDigester) url(src string) error {
 	d.str(urlFileName(u))
 	d.str(d.c.op.Checksum)
 	return nil
+}
+
+// contextMountDigest is the digest of what a RUN --mount=type=bind of the
+// build context path src shows the step, as BuildKit keys such a step by
+// the content checksum of the mounted path: src is resolved as the mount
+// resolves it (symlinks followed inside the context, no wildcards), and
+// the tree below it is recorded as sourcesDigest records a COPY source
+// (.dockerignore'd entries left out, stat index for unchanged files),
+// owners included, since the step sees them. Times are left out.
+func contextMountDigest(ctx context.Context, bc *buildContext, src string, idx *layers.StatIndex) (v1.Hash, error) {
+	if bc == nil {
+		return v1.Hash{}, errors.New("no build context")
+	}
+	op := copyOp{Context: bc}
+	c, err := newSourceCopier(&op)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	p := path.Join("/", src)
+	it, err := c.item(c.sourceFS(), p)
+	if errors.Is(err, errNotFound) {
+		return v1.Hash{}, fmt.Errorf("source %s not found in the build context", p)
+	}
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("source %s: %w", p, err)
+	}
+	it.keepOwner = true
+	d := &srcDigester{c: c, idx: idx, h: sha256.New(), owners: true}
+	d.str(sourcesDigestVersion)
+	d.str("bind")
+	if err := d.item(ctx, &it); err != nil {
+		return v1.Hash{}, err
+	}
+	return v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", d.h.Sum(nil))}, nil
 }
 
 // heredoc records an inline source as heredocItem writes it.

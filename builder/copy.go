@@ -61,6 +61,10 @@ type copyOp struct {
 	SourceDateEpoch *time.Time
 	// HTTPClient fetches ADD URLs; nil means a default client.
 	HTTPClient *http.Client
+	// Fetched holds the ADD URLs already downloaded, by source argument
+	// (see prefetch); the copy uses them instead of downloading again, and
+	// sourcesDigest keys them by their content.
+	Fetched map[string]*fetchedURL
 }
 
 // heredocSource is an inline COPY/ADD source.
@@ -132,7 +136,7 @@ func (c *copier) collect(ctx context.Context) ([]srcItem, error) {
 			return nil, err
 		}
 		if remote {
-			it, err := c.fetch(ctx, src)
+			it, err := c.remoteItem(ctx, src)
 			if err != nil {
 				return nil, err
 			}

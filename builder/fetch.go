@@ -79,14 +79,75 @@ func parseChecksum(s string) (algo string, want []byte, h hash.Hash, err error) 
 	return algo, want, h, nil
 }
 
+// fetchedURL is a downloaded ADD URL: the item to copy and what the
+// step's cache key needs of it (see prefetch).
+type fetchedURL struct {
+	item         srcItem
+	sha256       string // hex digest of the content
+	size         int64
+	lastModified string // the file's mtime from Last-Modified (RFC 1123), "" without one
+}
+
+// prefetch downloads the http(s) sources of an ADD without --checksum into
+// op.Fetched before the step's cache lookup: as BuildKit's HTTP source,
+// their cache key is their content, known only once fetched. The copy then
+// uses these files: each is downloaded once, not again for the copy. With --checksum
+// nothing is fetched: the key is the checksum, and the copy downloads only
+// on a miss. The caller calls cleanup once the step is over.
+func prefetch(ctx context.Context, op *copyOp) (cleanup func(), err error) {
+	c, err := newSourceCopier(op)
+	if err != nil {
+		return nil, err
+	}
+	if op.Checksum != "" {
+		return c.cleanup, nil
+	}
+	if err := checkKeepGitDir(op); err != nil {
+		return nil, err
+	}
+	for _, src := range op.Sources { // a refused source fails before any download
+		if _, err := checkSource(op, src); err != nil {
+			return nil, err
+		}
+	}
+	for _, src := range op.Sources {
+		if !isHTTPSource(src) || op.Fetched[src] != nil {
+			continue
+		}
+		f, err := c.fetch(ctx, src)
+		if err != nil {
+			c.cleanup()
+			return nil, err
+		}
+		if op.Fetched == nil {
+			op.Fetched = map[string]*fetchedURL{}
+		}
+		op.Fetched[src] = f
+	}
+	return c.cleanup, nil
+}
+
+// remoteItem is the item of an ADD URL: the file prefetch downloaded, else
+// a download now.
+func (c *copier) remoteItem(ctx context.Context, src string) (srcItem, error) {
+	if f := c.op.Fetched[src]; f != nil {
+		return f.item, nil
+	}
+	f, err := c.fetch(ctx, src)
+	if err != nil {
+		return srcItem{}, err
+	}
+	return f.item, nil
+}
+
 // fetch downloads an ADD URL to a temporary file and returns it as an item:
 // mode 0600, mtime from Last-Modified (else now), owner 0:0; checked against
 // --checksum before anything is written to the image. Remote archives are
 // extracted only with --unpack=true.
-func (c *copier) fetch(ctx context.Context, src string) (srcItem, error) {
+func (c *copier) fetch(ctx context.Context, src string) (*fetchedURL, error) {
 	u, err := url.Parse(src)
 	if err != nil {
-		return srcItem{}, fmt.Errorf("ADD %s: %w", src, err)
+		return nil, fmt.Errorf("ADD %s: %w", src, err)
 	}
 	var (
 		algo string
@@ -95,62 +156,83 @@ func (c *copier) fetch(ctx context.Context, src string) (srcItem, error) {
 	)
 	if c.op.Checksum != "" {
 		if algo, want, h, err = parseChecksum(c.op.Checksum); err != nil {
-			return srcItem{}, err
+			return nil, err
 		}
 	}
+	resp, err := c.get(ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	f := &fetchedURL{item: srcItem{name: urlFileName(u), shown: src}}
+	if err := c.save(resp.Body, f, h); err != nil {
+		return nil, fmt.Errorf("ADD %s: downloading: %w", src, err)
+	}
+	if h != nil {
+		if got := h.Sum(nil); !equalBytes(got, want) {
+			return nil, fmt.Errorf("ADD %s: digest mismatch %s:%x: %s:%x", src, algo, want, algo, got)
+		}
+	}
+	p := f.item.path
+	if err := os.Chmod(p, 0o600); err != nil {
+		return nil, err
+	}
+	mtime := time.Now()
+	if lm, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
+		mtime = lm
+		f.lastModified = lm.UTC().Format(http.TimeFormat)
+	}
+	if err := os.Chtimes(p, mtime, mtime); err != nil {
+		return nil, err
+	}
+	if c.op.Unpack != nil && *c.op.Unpack {
+		f.item.unpack = isArchive(p)
+	}
+	return f, nil
+}
+
+// get requests src and checks that the answer is a success.
+func (c *copier) get(ctx context.Context, src string) (*http.Response, error) {
 	client := c.op.HTTPClient
 	if client == nil {
 		client = defaultHTTPClient()
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src, nil)
 	if err != nil {
-		return srcItem{}, fmt.Errorf("ADD %s: %w", src, err)
+		return nil, fmt.Errorf("ADD %s: %w", src, err)
 	}
 	req.Header.Set("User-Agent", "imgbuild")
 	resp, err := client.Do(req)
 	if err != nil {
-		return srcItem{}, fmt.Errorf("ADD %s: %w", src, err)
+		return nil, fmt.Errorf("ADD %s: %w", src, err)
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return srcItem{}, fmt.Errorf("ADD %s: invalid response status %s", src, resp.Status)
+		resp.Body.Close()
+		return nil, fmt.Errorf("ADD %s: invalid response status %s", src, resp.Status)
 	}
-	f, err := os.CreateTemp("", "imgbuild-add-")
+	return resp, nil
+}
+
+// save writes body to a temporary file (removed with the copier), hashing
+// it with sha256 for the cache key and with h (--checksum) when set.
+func (c *copier) save(body io.Reader, f *fetchedURL, h hash.Hash) error {
+	tmp, err := os.CreateTemp("", "imgbuild-add-")
 	if err != nil {
-		return srcItem{}, err
+		return err
 	}
-	c.tmp = append(c.tmp, f.Name())
-	w := io.Writer(f)
+	c.tmp = append(c.tmp, tmp.Name())
+	f.item.path = tmp.Name()
+	sum := sha256.New()
+	w := io.MultiWriter(tmp, sum)
 	if h != nil {
-		w = io.MultiWriter(f, h)
+		w = io.MultiWriter(tmp, sum, h)
 	}
-	_, err = io.Copy(w, resp.Body)
-	if cerr := f.Close(); err == nil {
+	f.size, err = io.Copy(w, body)
+	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return srcItem{}, fmt.Errorf("ADD %s: downloading: %w", src, err)
-	}
-	if h != nil {
-		if got := h.Sum(nil); !equalBytes(got, want) {
-			return srcItem{}, fmt.Errorf("ADD %s: digest mismatch %s:%x: %s:%x", src, algo, want, algo, got)
-		}
-	}
-	if err := os.Chmod(f.Name(), 0o600); err != nil {
-		return srcItem{}, err
-	}
-	mtime := time.Now()
-	if lm, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
-		mtime = lm
-	}
-	if err := os.Chtimes(f.Name(), mtime, mtime); err != nil {
-		return srcItem{}, err
-	}
-	it := srcItem{name: urlFileName(u), path: f.Name(), shown: src}
-	if c.op.Unpack != nil && *c.op.Unpack {
-		it.unpack = isArchive(f.Name())
-	}
-	return it, nil
+	f.sha256 = hex.EncodeToString(sum.Sum(nil))
+	return err
 }
 
 func equalBytes(a, b []byte) bool {

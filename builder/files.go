@@ -88,6 +88,11 @@ func (r *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	if c.Checksum != "" && len(c.SourcePaths) != 1 {
 		return errors.New("checksum can't be specified for multiple sources")
 	}
+	cleanup, err := prefetch(ctx, &op) // URLs without --checksum: their key is their content
+	if err != nil {
+		return err
+	}
+	defer cleanup()
 	input, err := r.copyInput(ctx, c, op)
 	if err != nil {
 		return err

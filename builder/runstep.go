@@ -92,15 +92,22 @@ func (r *stageRun) runIn(ctx context.Context, root string, exec run.Executor, ar
 	return err
 }
 
-// runInput is the cache input of a RUN step (see stepKey); nil, so always
-// run, when it bind-mounts the build context, whose content the key does
-// not cover yet.
+// runInput is the cache input of a RUN step (see stepKey): with its
+// mounts, the keys of the stages and images mounted from= and, for each
+// bind mount of the build context, the digest of what it shows the step
+// (contextMountDigest), so that only a change below the mounted source
+// invalidates the step.
 func (r *stageRun) runInput(ctx context.Context, c *instructions.RunCommand, args, env []string, network string, scripts []run.Script) (any, error) {
 	ms := instructions.GetMounts(c)
-	var from []string // keys of the stages and images mounted from
+	var from, bound []string // keys of the stages and images mounted from; context digests
 	for _, m := range ms {
 		if m.Type == instructions.MountTypeBind && m.From == "" {
-			return nil, nil
+			d, err := r.contextMountInput(ctx, m)
+			if err != nil {
+				return nil, fmt.Errorf("--mount=type=%s: %w", m.Type, err)
+			}
+			bound = append(bound, d)
+			continue
 		}
 		if m.From != "" {
 			res, err := r.fromResult(ctx, m.From)
@@ -117,7 +124,22 @@ func (r *stageRun) runInput(ctx context.Context, c *instructions.RunCommand, arg
 		Mounts                 []*instructions.Mount
 		From                   []string
 		Memory, Pids           int64
-	}{args, env, r.cfg.Config.User, r.workdirOrRoot(), network, scripts, ms, from, r.b.opts.Memory, r.b.opts.PidsLimit}, nil
+		Context                []string `json:",omitempty"` // absent: the keys of steps without context mounts stay as they were
+	}{args, env, r.cfg.Config.User, r.workdirOrRoot(), network, scripts, ms, from, r.b.opts.Memory, r.b.opts.PidsLimit, bound}, nil
+}
+
+// contextMountInput is the digest of the build context path a bind mount
+// without from= shows the step, through the store's stat index.
+func (r *stageRun) contextMountInput(ctx context.Context, m *instructions.Mount) (string, error) {
+	idx, err := r.b.statIndex(ctx)
+	if err != nil {
+		return "", err
+	}
+	d, err := contextMountDigest(ctx, r.b.bctx, m.Source, idx)
+	if err != nil {
+		return "", err
+	}
+	return d.String(), nil
 }
 
 // checkRunFlags fails for RUN flags imgbuild does not implement, rather than
