@@ -106,8 +106,9 @@ func (r *stageRun) remember(ctx context.Context, key v1.Hash, l v1.Layer, msg st
 // copyInput is the cache input of a COPY or ADD from the build context:
 // the expanded instruction, the WORKDIR and the digest of exactly the
 // selected sources (through the store's stat index, so unchanged files
-// are not read). Nil (always run) for sources known only by fetching them
-// (ADD of a URL without --checksum).
+// are not read; an ADD URL without --checksum by the content downloaded
+// before the lookup, as BuildKit keys HTTP sources). Nil (always run) for
+// sources that cannot be known (errUncacheable).
 func (r *stageRun) copyInput(ctx context.Context, cmd any, op copyOp) (any, error) {
 	idx, err := r.b.statIndex(ctx)
 	if err != nil {

@@ -101,6 +101,9 @@ func (s *Store) putLayer(ctx context.Context, img v1.Image, desc v1.Descriptor, 
 	if stored && !lazy {
 		return nil
 	}
+	if _, ok := s.lazyLayer(desc, v1.Hash{}); ok && !stored && lazy {
+		return nil // a lazy blob of this store
+	}
 	l, err := img.LayerByDigest(desc.Digest)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
