@@ -225,14 +225,10 @@ func layerListing(t testing.TB, l v1.Layer) string {
 	return listing(parseTar(t, uncompressed(t, l)))
 }
 
+// uncompressed reads the tar of l whole.
 func uncompressed(t testing.TB, l v1.Layer) []byte {
 	t.Helper()
-	rc, err := l.Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
+	b, err := readAllClose(l.Uncompressed())
 	if err != nil {
 		t.Fatal(err)
 	}

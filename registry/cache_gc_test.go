@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -123,7 +124,7 @@ func addEntry(t *testing.T, dir string, mediaType types.MediaType, blob []byte, 
 	p := layout.Path(dir)
 	d := v1.Descriptor{MediaType: mediaType, Size: int64(len(blob)), Digest: sha256Hash(blob),
 		Annotations: map[string]string{AnnotationRefName: refName}}
-	if err := p.WriteBlob(d.Digest, nopCloser(blob)); err != nil {
+	if err := p.WriteBlob(d.Digest, io.NopCloser(bytes.NewReader(blob))); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.AppendDescriptor(d); err != nil {
@@ -132,18 +133,12 @@ func addEntry(t *testing.T, dir string, mediaType types.MediaType, blob []byte, 
 	return d
 }
 
-func nopCloser(b []byte) *readCloser { return &readCloser{bytes.NewReader(b)} }
-
-type readCloser struct{ *bytes.Reader }
-
-func (readCloser) Close() error { return nil }
-
 // subjectManifest is an OCI manifest with an empty config whose subject
 // names a manifest that is not in the layout (as a signature's).
 func subjectManifest(t *testing.T, dir string) []byte {
 	t.Helper()
 	cfg := []byte("{}")
-	if err := layout.Path(dir).WriteBlob(sha256Hash(cfg), nopCloser(cfg)); err != nil {
+	if err := layout.Path(dir).WriteBlob(sha256Hash(cfg), io.NopCloser(bytes.NewReader(cfg))); err != nil {
 		t.Fatal(err)
 	}
 	m := v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1,

@@ -57,12 +57,7 @@ func checkCache(t *testing.T, c *Cache, steps []CacheStep) {
 			hit.Layer.Digest != d || hit.Layer.Size != size || hit.Layer.MediaType != mt {
 			t.Errorf("record %s = %+v, want %+v", s.Key, hit, want)
 		}
-		rc, err := c.OpenLayer(context.Background(), hit.Layer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := io.ReadAll(rc)
-		rc.Close()
+		got, err := readCacheLayer(context.Background(), c, hit.Layer)
 		if err != nil {
 			t.Fatalf("reading layer %s: %v", d, err)
 		}
@@ -77,16 +72,26 @@ func checkCache(t *testing.T, c *Cache, steps []CacheStep) {
 
 func compressedBytes(t *testing.T, l v1.Layer) []byte {
 	t.Helper()
-	rc, err := l.Compressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
+	b, err := readAllClose(l.Compressed())
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// readCacheLayer reads the layer blob d of c whole (OpenLayer's error and
+// the read's alike).
+func readCacheLayer(ctx context.Context, c *Cache, d v1.Descriptor) ([]byte, error) {
+	return readAllClose(c.OpenLayer(ctx, d))
+}
+
+// readAllClose reads rc whole and closes it, or returns err.
+func readAllClose(rc io.ReadCloser, err error) ([]byte, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
 }
 
 // checkCacheManifest checks the format of a pushed or written manifest.
@@ -253,11 +258,7 @@ func TestCacheOCIRegistry(t *testing.T) {
 		w.Write(b)
 		return true
 	})
-	rc, err := c.OpenLayer(ctx, hit.Layer)
-	if err == nil {
-		_, err = io.ReadAll(rc)
-		rc.Close()
-	}
+	_, err = readCacheLayer(ctx, c, hit.Layer)
 	if err == nil || !strings.Contains(err.Error(), ref) {
 		t.Errorf("corrupt blob read: %v", err)
 	}
@@ -317,12 +318,7 @@ func TestCacheLayout(t *testing.T) {
 	t.Run("corrupt layer", func(t *testing.T) {
 		hit, _ := c.Lookup(steps[1].Key)
 		flipByte(t, filepath.Join(dir, "blobs", "sha256", hit.Layer.Digest.Hex))
-		rc, err := c.OpenLayer(ctx, hit.Layer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = io.ReadAll(rc)
-		rc.Close()
+		_, err := readCacheLayer(ctx, c, hit.Layer)
 		if !errors.Is(err, layers.ErrDigestMismatch) {
 			t.Errorf("corrupt layer read: %v, want a digest mismatch", err)
 		}
