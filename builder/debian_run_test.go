@@ -7,8 +7,6 @@ package builder_test
 
 import (
 	"archive/tar"
-	"errors"
-	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -145,33 +143,5 @@ func checkAptImage(t *testing.T, img v1.Image) {
 	}
 	if hdr.Mode&0o7777 != 0o755 {
 		t.Errorf("pinger mode %o, want 755", hdr.Mode)
-	}
-}
-
-// lastLayerHeader returns the tar header of name in the image's last layer,
-// or nil.
-func lastLayerHeader(t *testing.T, img v1.Image, name string) *tar.Header {
-	t.Helper()
-	ls, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := ls[len(ls)-1].Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.TrimPrefix(h.Name, "./") == name {
-			return h
-		}
 	}
 }

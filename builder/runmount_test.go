@@ -3,7 +3,6 @@ package builder_test
 import (
 	"archive/tar"
 	"context"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -94,31 +93,11 @@ func TestRunMounts(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			files := map[string]string{"Dockerfile": tc.df}
-			for k, v := range tc.context {
-				files[k] = v
-			}
-			dir := btContext(t, files)
-			opts := builder.Options{ContextDir: dir, Store: rtStore(t)}
-			if tc.opts != nil {
-				tc.opts(&opts)
-			}
-			before := dirContents(t, dir)
+			opts := rtOptions(t, tc.df, tc.context, tc.opts)
+			before := dirContents(t, opts.ContextDir)
 			res := btBuild(t, opts)
-			fs := btFlatten(t, res.Image)
-			for p, want := range tc.files {
-				if e, ok := fs[p]; !ok {
-					t.Errorf("%s missing", p)
-				} else if e.Content != want {
-					t.Errorf("%s = %q, want %q", p, e.Content, want)
-				}
-			}
-			for _, p := range tc.gone {
-				if _, ok := fs[p]; ok {
-					t.Errorf("%s is in the image", p)
-				}
-			}
-			if after := dirContents(t, dir); after != before {
+			checkImageFiles(t, btFlatten(t, res.Image), tc.files, tc.gone)
+			if after := dirContents(t, opts.ContextDir); after != before {
 				t.Errorf("the build changed the context:\n%s\nwas:\n%s", after, before)
 			}
 			checkNoSecret(t, res.Image)
@@ -168,19 +147,7 @@ func checkNoSecret(t *testing.T, img v1.Image) {
 		t.Fatal(err)
 	}
 	for i, l := range ls {
-		rc, err := l.Uncompressed()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr := tar.NewReader(rc)
-		for {
-			h, err := tr.Next()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+		walkLayer(t, l, func(h *tar.Header, tr *tar.Reader) bool {
 			data, err := io.ReadAll(tr)
 			if err != nil {
 				t.Fatal(err)
@@ -188,8 +155,8 @@ func checkNoSecret(t *testing.T, img v1.Image) {
 			if strings.Contains(string(data), mountSecret) && h.Name != "out" && !strings.HasSuffix(h.Name, "/out") {
 				t.Errorf("layer %d: the secret is in %s", i, h.Name)
 			}
-		}
-		rc.Close()
+			return true
+		})
 	}
 }
 
@@ -243,11 +210,7 @@ func TestRunMountErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			files := map[string]string{"Dockerfile": tc.df}
-			for k, v := range tc.context {
-				files[k] = v
-			}
-			_, err := builder.Build(context.Background(), builder.Options{ContextDir: btContext(t, files), Store: rtStore(t)})
+			_, err := builder.Build(context.Background(), rtOptions(t, tc.df, tc.context, nil))
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("error %v, want one containing %q", err, tc.wantErr)
 			}
@@ -321,25 +284,13 @@ func TestRunMountCachePersists(t *testing.T) {
 // checkLayerLacks fails t when the layer has an entry at or below p.
 func checkLayerLacks(t *testing.T, l v1.Layer, p string) {
 	t.Helper()
-	rc, err := l.Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	walkLayer(t, l, func(h *tar.Header, _ *tar.Reader) bool {
 		name := strings.TrimSuffix(h.Name, "/")
 		if name == p || strings.HasPrefix(name, p+"/") {
 			t.Errorf("layer has %s", h.Name)
 		}
-	}
+		return true
+	})
 }
 
 // TestRunMountsCopySnapshotter: mounts work the same on the copy
@@ -348,9 +299,8 @@ func TestRunMountsCopySnapshotter(t *testing.T) {
 	df := "FROM busybox AS b\nRUN echo built > /b.txt\n" +
 		"FROM busybox\nRUN --mount=from=b,target=/m,rw --mount=type=cache,target=/c --mount=target=/src " +
 		"cat /m/b.txt /src/a > /out && echo x > /m/b.txt && echo y > /c/y\n"
-	res := btBuild(t, builder.Options{
-		ContextDir: btContext(t, map[string]string{"Dockerfile": df, "a": "A\n"}), Store: rtStore(t),
-		Snapshotter: layers.SnapshotterCopy})
+	res := btBuild(t, rtOptions(t, df, map[string]string{"a": "A\n"},
+		func(o *builder.Options) { o.Snapshotter = layers.SnapshotterCopy }))
 	fs := btFlatten(t, res.Image)
 	if got := fs["out"].Content; got != "built\nA\n" {
 		t.Errorf("out = %q", got)

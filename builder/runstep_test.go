@@ -1,11 +1,9 @@
 package builder_test
 
 import (
-	"archive/tar"
 	"context"
-	"errors"
 	"fmt"
-	"io"
+	"maps"
 	"strings"
 	"testing"
 
@@ -32,39 +30,41 @@ func rtStore(t *testing.T) *layers.Store {
 	return st
 }
 
-// rtBuild builds df (with extra context files) on the busybox store.
-func rtBuild(t *testing.T, df string, mod func(*builder.Options)) *builder.Result {
+// rtOptions are the options of a build of df on the busybox store, its
+// context the Dockerfile and the files of context (path -> content),
+// changed by mod when set.
+func rtOptions(t *testing.T, df string, context map[string]string, mod func(*builder.Options)) builder.Options {
 	t.Helper()
-	opts := builder.Options{ContextDir: btContext(t, map[string]string{"Dockerfile": df}), Store: rtStore(t)}
+	files := map[string]string{"Dockerfile": df}
+	maps.Copy(files, context)
+	opts := builder.Options{ContextDir: btContext(t, files), Store: rtStore(t)}
 	if mod != nil {
 		mod(&opts)
 	}
-	return btBuild(t, opts)
+	return opts
 }
 
-// lastLayerEntries lists the entries of the image's last layer.
-func lastLayerEntries(t *testing.T, img v1.Image) []string {
+// rtBuild builds df on the busybox store.
+func rtBuild(t *testing.T, df string, mod func(*builder.Options)) *builder.Result {
 	t.Helper()
-	ls, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := ls[len(ls)-1].Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	var names []string
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return names
+	return btBuild(t, rtOptions(t, df, nil, mod))
+}
+
+// checkImageFiles fails t when fs (btFlatten's) lacks a file of files
+// (path -> content) or has another content there, or has a path of gone.
+func checkImageFiles(t *testing.T, fs map[string]fsEntry, files map[string]string, gone []string) {
+	t.Helper()
+	for p, want := range files {
+		if e, ok := fs[p]; !ok {
+			t.Errorf("%s missing", p)
+		} else if e.Content != want {
+			t.Errorf("%s = %q, want %q", p, e.Content, want)
 		}
-		if err != nil {
-			t.Fatal(err)
+	}
+	for _, p := range gone {
+		if _, ok := fs[p]; ok {
+			t.Errorf("%s is in the image", p)
 		}
-		names = append(names, h.Name)
 	}
 }
 
@@ -136,22 +136,7 @@ func TestRunFiles(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			res := rtBuild(t, tc.df, tc.opts)
-			fs := btFlatten(t, res.Image)
-			for p, want := range tc.files {
-				e, ok := fs[p]
-				if !ok {
-					t.Errorf("%s missing", p)
-					continue
-				}
-				if e.Content != want {
-					t.Errorf("%s = %q, want %q", p, e.Content, want)
-				}
-			}
-			for _, p := range tc.gone {
-				if _, ok := fs[p]; ok {
-					t.Errorf("%s still exists", p)
-				}
-			}
+			checkImageFiles(t, btFlatten(t, res.Image), tc.files, tc.gone)
 		})
 	}
 }
