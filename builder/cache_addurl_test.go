@@ -1,6 +1,7 @@
 package builder_test
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/imgbuild/imgbuild/builder"
 )
@@ -97,6 +100,14 @@ func TestCacheAddURL(t *testing.T) {
 			if fs["f.txt"].Mode != 0o600 {
 				t.Errorf("/f.txt mode %o, want 0600", fs["f.txt"].Mode)
 			}
+			// mtime: Last-Modified, else the Unix epoch (BuildKit's).
+			want := time.Unix(0, 0)
+			if !tc.mod.IsZero() {
+				want = tc.mod
+			}
+			if got := addedMtime(t, res.Image, "f.txt"); !got.Equal(want) {
+				t.Errorf("/f.txt mtime %v, want %v", got, want)
+			}
 		})
 	}
 	t.Run("server down fails the build", func(t *testing.T) {
@@ -158,5 +169,30 @@ func TestCacheAddURLChecksum(t *testing.T) {
 	us.set("pinned", time.Time{})
 	if _, _, cached := f.build(nil); !cached[add] {
 		t.Error("ADD --checksum not CACHED after an unrelated context change")
+	}
+}
+
+// addedMtime is the mtime of name in the next-to-last layer of img (the
+// ADD's, before the RUN's).
+func addedMtime(t *testing.T, img v1.Image, name string) time.Time {
+	t.Helper()
+	ls, err := img.Layers()
+	if err != nil || len(ls) < 2 {
+		t.Fatalf("layers: %v (%d)", err, len(ls))
+	}
+	rc, err := ls[len(ls)-2].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			t.Fatalf("%s not in the ADD layer: %v", name, err)
+		}
+		if strings.TrimPrefix(h.Name, "./") == name {
+			return h.ModTime
+		}
 	}
 }

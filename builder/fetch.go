@@ -141,7 +141,7 @@ func (c *copier) remoteItem(ctx context.Context, src string) (srcItem, error) {
 }
 
 // fetch downloads an ADD URL to a temporary file and returns it as an item:
-// mode 0600, mtime from Last-Modified (else now), owner 0:0; checked against
+// mode 0600, mtime from Last-Modified (else the Unix epoch, as BuildKit), owner 0:0; checked against
 // --checksum before anything is written to the image. Remote archives are
 // extracted only with --unpack=true.
 func (c *copier) fetch(ctx context.Context, src string) (*fetchedURL, error) {
@@ -177,7 +177,7 @@ func (c *copier) fetch(ctx context.Context, src string) (*fetchedURL, error) {
 	if err := os.Chmod(p, 0o600); err != nil {
 		return nil, err
 	}
-	mtime := time.Now()
+	mtime := time.Unix(0, 0)
 	if lm, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
 		mtime = lm
 		f.lastModified = lm.UTC().Format(http.TimeFormat)
