@@ -31,8 +31,12 @@
 #     --cache-from build must show all 20 steps cached and give the cold
 #     build's digest (SOURCE_DATE_EPOCH is set); its bytes downloaded
 #     (imgbuild.cache.bytesDownloaded of --metadata-file) against the image's
-#     compressed size and against its layers above the base. No target in the
-#     issue; printed as INFO.
+#     compressed size and against its layers above the base. A third build,
+#     also in an empty --root with --cache-from, pushes to the same registry
+#     (--push): it must push the cold build's digest, and what it downloads
+#     (the blobs its store holds) is only manifests and configs, since the
+#     push mounts the base's and the steps' layers. No target in the issue;
+#     printed as INFO.
 #
 # Needs root (RUN steps, buildah, overlay mounts).
 
@@ -143,11 +147,18 @@ imgbuild_warm() {
 		{ tail -n 20 "$WORK/warm.log" >&2; die "imgbuild build of $df failed"; }
 }
 
+# blob_bytes ROOT: the bytes of the blobs in ROOT's store (what a build in
+# an empty ROOT downloaded or made).
+blob_bytes() {
+	find "$1/oci/blobs" -type f -printf '%s\n' | awk '{n += $1} END {print n + 0}'
+}
+
 # cache_label NAME: the builder named in a result file's name.
 cache_label() {
 	case $1 in
 	remote-cold) echo "imgbuild cold, no cache" ;;
 	remote-cachefrom) echo "imgbuild --cache-from (registry)" ;;
+	remote-push) echo "imgbuild --cache-from --push" ;;
 	*-imgbuild) echo imgbuild ;;
 	*-buildah-*) echo "buildah bud --layers (${1##*-})" ;;
 	*) echo "$1" ;;
@@ -288,13 +299,29 @@ for ((i = 1; i <= RUNS; i++)); do
 	warm=$(grep -o '^sha256:[0-9a-f]*' "$WORK/log" | tail -n 1)
 	[[ $cold == "$first" && $warm == "$first" ]] ||
 		die "run $i: digests differ: first $first, cold $cold, --cache-from $warm"
-	echo "$(meta_field "$WORK/meta.json" bytesDownloaded) $(meta_field "$WORK/meta.json" hits)" >>"$WORK/remote-bytes"
+	echo "$(meta_field "$WORK/meta.json" bytesDownloaded) $(meta_field "$WORK/meta.json" hits) $(blob_bytes "$s")" >>"$WORK/remote-bytes"
+	drop_state "$s"
+	s=$(imgbuild_state)
+	stimed remote-push "${CIMG[@]}" --root "$s" --progress=json --metadata-file "$WORK/meta.json" \
+		--cache-from "type=registry,ref=$CREF" --push -t "$REG/bench/pushed:$i" -f "$DF_NOOP" "$CTX_NOOP"
+	[[ $(json_steps cached "$WORK/log" | wc -l) == 20 && -z $(json_steps done "$WORK/log") ]] ||
+		die "run $i: the --cache-from --push build ran $(json_steps done "$WORK/log" | tr '\n' ';')"
+	pushed=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$REG/v2/bench/pushed/manifests/$i" |
+		sha256sum | cut -d' ' -f1)
+	[[ sha256:$pushed == "$first" ]] || die "run $i: pushed sha256:$pushed, want $first"
+	echo "$(meta_field "$WORK/meta.json" bytesDownloaded) $(blob_bytes "$s")" >>"$WORK/remote-push-bytes"
 	drop_state "$s"
 done
 unset SOURCE_DATE_EPOCH
-print_rows "empty --root: cold build vs --cache-from (mode=max), 20 steps, 2,000 files" remote-cold remote-cachefrom
+print_rows "empty --root: cold build vs --cache-from (mode=max), 20 steps, 2,000 files" remote-cold remote-cachefrom remote-push
 a=$(median remote-cachefrom 1) b=$(median remote-cold 1) dl=$(median remote-bytes 1)
 echo "checked in each run: all 20 steps from the cache ($(median remote-bytes 2) hits), digest $first as the cold build's"
 echo "INFO  empty root with --cache-from: ${a}s vs cold ${b}s (ratio $(ratio "$a" "$b"))"
 echo "INFO  bytes downloaded from the cache: $(mb "$dl") MB; image $(mb "$img_total") MB compressed," \
 	"of which the 20 steps' layers $(mb "$img_steps") MB (ratio $(ratio "$dl" "$img_steps"); the base comes from its own pull)"
+echo "INFO  blobs the --cache-from build stored (everything it downloaded, base included): $(mb "$(median remote-bytes 3)") MB"
+p=$(median remote-push 1)
+echo "checked in each run: the --cache-from --push build took all 20 steps from the cache and pushed $first"
+echo "INFO  empty root with --cache-from and --push to the same registry: ${p}s vs cold ${b}s (ratio $(ratio "$p" "$b"))," \
+	"downloaded from the cache $(mb "$(median remote-push-bytes 1)") MB; blobs stored (all it downloaded) $(mb "$(median remote-push-bytes 2)") MB:" \
+	"layers are mounted, not downloaded"
