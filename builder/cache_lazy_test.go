@@ -2,7 +2,10 @@ package builder_test
 
 import (
 	"context"
+	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -11,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -249,4 +253,62 @@ func layoutImage(t *testing.T, dir string) v1.Image {
 		t.Fatal(err)
 	}
 	return img
+}
+
+// losingRegistry is go-containerregistry's registry answering 404 for the
+// blobs in lost (a registry whose garbage collection removed them).
+type losingRegistry struct {
+	http.Handler
+	mu   sync.Mutex
+	lost map[string]bool // digest strings
+}
+
+func (l *losingRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	l.mu.Lock()
+	i := strings.LastIndex(r.URL.Path, "/blobs/")
+	lost := i >= 0 && l.lost[r.URL.Path[i+len("/blobs/"):]]
+	l.mu.Unlock()
+	if lost {
+		http.Error(w, `{"errors":[{"code":"BLOB_UNKNOWN"}]}`, http.StatusNotFound)
+		return
+	}
+	l.Handler.ServeHTTP(w, r)
+}
+
+// TestRemoteCacheLostLayer: a registry cache whose layer blob is gone is
+// found out when the step hits (a HEAD request), not when the lazy layer
+// would be read: a warning, and the step runs; the other steps still come
+// from the cache.
+func TestRemoteCacheLostLayer(t *testing.T) {
+	reg := &losingRegistry{Handler: ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))), lost: map[string]bool{}}
+	srv := httptest.NewServer(reg)
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	opts := registry.Options{Insecure: []string{host}, Keychain: authn.NewMultiKeychain()}
+	dir := btContext(t, map[string]string{"Dockerfile": crDockerfile})
+	ref := host + "/app:cache"
+	a := newCRMachine(t, dir)
+	resA, _ := a.build(func(o *builder.Options) {
+		o.Registry = opts
+		o.CacheTo = cacheTo(t, "type=registry,ref="+ref+",mode=max")
+	})
+	ls, err := resA.Image.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, _ := ls[len(ls)-1].Digest() // the final RUN's
+	reg.mu.Lock()
+	reg.lost[last.String()] = true
+	reg.mu.Unlock()
+
+	b := newCRMachine(t, dir)
+	res, runs := b.build(func(o *builder.Options) {
+		o.Registry = opts
+		o.CacheFrom = cacheFrom(t, "type=registry,ref="+ref)
+	})
+	w := b.warnings()
+	if runs != 1 || res.Cache.Hits != 5 || len(w) != 1 || !strings.Contains(w[0], "cat /app/artifact > /app/copy") ||
+		!strings.Contains(w[0], last.String()) {
+		t.Errorf("%d RUNs (want 1), %+v (want 5 hits), warnings %q", runs, res.Cache, w)
+	}
 }

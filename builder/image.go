@@ -96,7 +96,8 @@ func (b *build) image(ctx context.Context, ref string, plat v1.Platform) (*stage
 }
 
 // finish assembles the target stage into an image, stores and tags it, and
-// writes the outputs.
+// writes the outputs. Its lazy layers (see image) are fetched first unless
+// every output is a push, which mounts them.
 func (b *build) finish(ctx context.Context, res *stageResult) (*Result, error) {
 	cfg := res.cfg.DeepCopy()
 	if len(b.opts.Labels) > 0 && cfg.Config.Labels == nil {
@@ -118,11 +119,6 @@ func (b *build) finish(ctx context.Context, res *stageResult) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storing image: %w", err)
 	}
-	for _, t := range b.opts.Tags {
-		if err := st.Tag(ctx, t, dgst); err != nil {
-			return nil, fmt.Errorf("tagging %s: %w", t, err)
-		}
-	}
 	stored, err := st.Image(ctx, dgst.String())
 	if err != nil {
 		return nil, err
@@ -131,6 +127,11 @@ func (b *build) finish(ctx context.Context, res *stageResult) (*Result, error) {
 		// Tools reading the store's OCI layout need every blob.
 		if err := st.FetchImage(ctx, stored); err != nil {
 			return nil, fmt.Errorf("storing image: %w", err)
+		}
+	}
+	for _, t := range b.opts.Tags {
+		if err := st.Tag(ctx, t, dgst); err != nil {
+			return nil, fmt.Errorf("tagging %s: %w", t, err)
 		}
 	}
 	desc, err := partial.Descriptor(stored)

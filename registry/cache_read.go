@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/imgbuild/imgbuild/layers"
@@ -46,6 +48,21 @@ type Cache struct {
 
 	hits map[v1.Hash]CacheHit
 	open func(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error)
+	head func(ctx context.Context, d v1.Descriptor) error // nil: nothing to check
+}
+
+// CheckLayer checks, without downloading it, that a registry cache still
+// holds the layer blob d with its size (a HEAD request): a layer left lazy
+// (see Repository) must be there when it is fetched or mounted later. It
+// does nothing for a layout directory, whose blobs are copied.
+func (c *Cache) CheckLayer(ctx context.Context, d v1.Descriptor) error {
+	if c.head == nil {
+		return nil
+	}
+	if !validDigest(d.Digest) {
+		return fmt.Errorf("invalid layer digest %q", d.Digest)
+	}
+	return c.head(ctx, d)
 }
 
 // Len is the number of records.
@@ -95,6 +112,23 @@ func PullCache(ctx context.Context, ref string, opts Options) (*Cache, error) {
 		return &errReader{rc: newBlobVerifier(rc, d), wrap: func(err error) error {
 			return wrapErr("pulling cache", ref, r, fmt.Errorf("layer %s: %w", d.Digest, err))
 		}}, nil
+	}
+	c.head = func(ctx context.Context, d v1.Descriptor) error {
+		l, err := puller.Layer(ctx, repo.Digest(d.Digest.String()))
+		if err == nil {
+			var size int64
+			if size, err = l.Size(); err == nil && size != d.Size {
+				err = fmt.Errorf("the registry has %d bytes, the cache says %d: %w", size, d.Size, layers.ErrDigestMismatch)
+			}
+		}
+		var te *transport.Error
+		if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
+			return fmt.Errorf("layer %s is not in %s (HTTP 404): %w", d.Digest, repo, layers.ErrNotFound)
+		}
+		if err != nil {
+			return wrapErr("pulling cache", ref, r, fmt.Errorf("layer %s: %w", d.Digest, err))
+		}
+		return nil
 	}
 	return c, nil
 }
