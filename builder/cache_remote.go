@@ -49,26 +49,27 @@ type remoteCache struct {
 }
 
 // importCaches opens the --cache-from caches (their manifests and configs
-// only). One that cannot be read is a warning, not an error.
+// only), all at once. One that cannot be read is a warning, not an error.
 func (b *build) importCaches(ctx context.Context) *remoteCache {
 	rc := &remoteCache{warn: b.opts.Warn, steps: map[*stage][]registry.CacheStep{}, fetching: map[v1.Hash]*sync.Mutex{}}
 	if b.opts.NoCache {
 		return rc // no step would look
 	}
-	for _, spec := range b.opts.CacheFrom {
-		var c *registry.Cache
-		var err error
-		switch spec.Type {
-		case CacheRegistry:
-			c, err = registry.PullCache(ctx, spec.Ref, b.opts.Registry)
-		case CacheLocal:
-			c, err = registry.ReadCacheLayout(ctx, spec.Dir)
-		default:
-			err = fmt.Errorf("unknown cache type %q", spec.Type)
-		}
-		if err != nil {
+	caches := make([]*registry.Cache, len(b.opts.CacheFrom))
+	errs := make([]error, len(b.opts.CacheFrom))
+	var wg sync.WaitGroup
+	for i, spec := range b.opts.CacheFrom {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			caches[i], errs[i] = openCache(ctx, spec, b.opts.Registry)
+		}()
+	}
+	wg.Wait()
+	for i, c := range caches { // in the order given: the first cache wins
+		if errs[i] != nil {
 			if ctx.Err() == nil {
-				rc.warnf("--cache-from %s: %v; building without it", describeCache(spec, false), err)
+				rc.warnf("--cache-from %s: %v; building without it", describeCache(b.opts.CacheFrom[i], false), errs[i])
 			}
 			continue
 		}
@@ -77,6 +78,16 @@ func (b *build) importCaches(ctx context.Context) *remoteCache {
 		rc.meta += c.MetadataBytes
 	}
 	return rc
+}
+
+func openCache(ctx context.Context, spec CacheSpec, opts registry.Options) (*registry.Cache, error) {
+	switch spec.Type {
+	case CacheRegistry:
+		return registry.PullCache(ctx, spec.Ref, opts)
+	case CacheLocal:
+		return registry.ReadCacheLayout(ctx, spec.Dir)
+	}
+	return nil, fmt.Errorf("unknown cache type %q", spec.Type)
 }
 
 func describeCache(spec CacheSpec, export bool) string {
