@@ -237,7 +237,8 @@ func (rc *remoteCache) stepsFor(p *plan, mode string) []registry.CacheStep {
 }
 
 // exportCaches writes the --cache-to caches after a successful build and
-// fills res.Cache. A failed export fails the build, as BuildKit's.
+// fills res.Cache. A failed export fails the build, as BuildKit's, unless
+// the spec says ignore-error=true (a warning then).
 func (b *build) exportCaches(ctx context.Context, res *Result) error {
 	rc := b.remote
 	if rc == nil {
@@ -254,6 +255,10 @@ func (b *build) exportCaches(ctx context.Context, res *Result) error {
 			err = registry.WriteCacheLayout(ctx, spec.Dir, steps)
 		default:
 			err = fmt.Errorf("unknown cache type %q", spec.Type)
+		}
+		if err != nil && spec.IgnoreError {
+			rc.warnf("--cache-to %s: exporting the build cache: %v (ignore-error=true)", describeCache(spec, true), err)
+			continue
 		}
 		if err != nil {
 			return fmt.Errorf("exporting the build cache (--cache-to %s): %w", describeCache(spec, true), err)

@@ -323,7 +323,8 @@ func TestRemoteCacheBroken(t *testing.T) {
 }
 
 // TestRemoteCacheExportFails: a --cache-to that cannot be written fails
-// the build (as BuildKit's), naming it.
+// the build (as BuildKit's), naming it; with ignore-error=true it is a
+// warning.
 func TestRemoteCacheExportFails(t *testing.T) {
 	dir := btContext(t, map[string]string{"Dockerfile": "FROM busybox\nWORKDIR /x\n"})
 	file := filepath.Join(t.TempDir(), "file")
@@ -341,6 +342,14 @@ func TestRemoteCacheExportFails(t *testing.T) {
 		t.Logf("%s: %v", spec, err)
 		if err == nil || !strings.Contains(err.Error(), "--cache-to") {
 			t.Errorf("%s: %v, want an export error", spec, err)
+		}
+		// ignore-error=true: a warning, and the build succeeds.
+		res, _ := m.build(func(o *builder.Options) {
+			o.Registry = registry.Options{Insecure: []string{closed}, Keychain: authn.NewMultiKeychain()}
+			o.CacheTo = cacheTo(t, spec+",ignore-error=true")
+		})
+		if w := m.warnings(); len(w) != 1 || !strings.Contains(w[0], "ignore-error=true") || res.Cache.Exported != 0 {
+			t.Errorf("%s,ignore-error=true: warnings %q, %+v", spec, w, res.Cache)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -21,11 +22,16 @@ type CacheSpec struct {
 	// Mode is "min" (the target stage's steps; the default) or "max"
 	// (every stage's), for --cache-to.
 	Mode string
+	// IgnoreError makes a failed export a warning instead of a failed
+	// build (ignore-error=true, as BuildKit's).
+	IgnoreError bool
 }
 
 // ParseCacheSpec parses a --cache-to (export true) or --cache-from value:
 // type=registry,ref=REPO:TAG[,mode=min|max] or type=local,dest=DIR
-// [,mode=...] for export, type=local,src=DIR for import. A bare value is a
+// [,mode=...] for export, type=local,src=DIR for import. An export also
+// takes ignore-error=true|false, and oci-mediatypes=true and
+// image-manifest=true (what is always written). A bare value is a
 // registry reference, as in buildx.
 func ParseCacheSpec(s string, export bool) (CacheSpec, error) {
 	if s == "" {
@@ -59,6 +65,18 @@ func ParseCacheSpec(s string, export bool) (CacheSpec, error) {
 				return CacheSpec{}, fmt.Errorf("cache %q: mode must be min or max", s)
 			}
 			spec.Mode = v
+		case k == "ignore-error" && export:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return CacheSpec{}, fmt.Errorf("cache %q: ignore-error must be true or false", s)
+			}
+			spec.IgnoreError = b
+		case (k == "oci-mediatypes" || k == "image-manifest") && export:
+			// The cache is always an OCI image manifest with OCI media
+			// types: true asks for what is written anyway.
+			if b, err := strconv.ParseBool(v); err != nil || !b {
+				return CacheSpec{}, fmt.Errorf("cache %q: only %s=true is supported (the cache is an OCI image manifest)", s, k)
+			}
 		default:
 			return CacheSpec{}, fmt.Errorf("cache %q: unknown key %q", s, k)
 		}
