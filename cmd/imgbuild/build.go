@@ -334,11 +334,10 @@ func buildAction(c *cli.Context, s *streams) error {
 	if !cfg.quiet {
 		o.Progress = newRenderer(stderr, cfg.progress).event
 	}
+	// The build writes the outputs itself: a build whose only outputs are
+	// pushes then keeps lazy layers unread (the push mounts them).
+	o.Outputs, o.Stdout = cfg.outputs, s.stdout
 	res, err := builder.Build(c.Context, *o)
-	if err != nil {
-		return err
-	}
-	err = builder.Export(c.Context, res, cfg.outputs, builder.ExportOptions{Registry: o.Registry, Stdout: s.stdout})
 	if err != nil {
 		return err
 	}
