@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -129,8 +131,9 @@ func storedBlobs(t *testing.T, st *layers.Store, digests map[v1.Hash]bool) int {
 // registry and exports its cache there; machine B, an empty store, builds
 // the same with --cache-from and pushes to the same registry: it runs no
 // RUN, downloads no layer (neither the base's nor the steps'), uploads no
-// layer (the push mounts them from the base and cache repositories), and
-// the pushed image is complete and identical to A's.
+// layer (the push, and the export of its cache to another repository,
+// mount them from the base and cache repositories), and the pushed image
+// is complete and identical to A's.
 func TestRemoteCachePushMounts(t *testing.T) {
 	host := registrytest.Start(t)
 	base := registrytest.PushBusybox(t, host)
@@ -158,6 +161,7 @@ func TestRemoteCachePushMounts(t *testing.T) {
 		ContextDir: dir, Store: b.store, Executor: b.exec, Registry: regB,
 		BuildArgs: map[string]string{"SOURCE_DATE_EPOCH": "1700000000"},
 		CacheFrom: cacheFrom(t, "type=registry,ref="+cacheRef),
+		CacheTo:   cacheTo(t, "type=registry,ref="+host+"/branch/cache:b,mode=max"),
 		Tags:      []string{target},
 		Outputs:   []builder.Output{{Type: builder.OutputRegistry}},
 	})
@@ -167,7 +171,11 @@ func TestRemoteCachePushMounts(t *testing.T) {
 	if n := b.exec.runs.Load(); n != 0 || resB.Digest != resA.Digest {
 		t.Fatalf("machine B ran %d RUNs and built %s, want 0 and %s", n, resB.Digest, resA.Digest)
 	}
-	gets, uploads := log.blobTransfers(digests)
+	watched := maps.Clone(digests)
+	for _, d := range artifactLayers(t, cacheRef) {
+		watched[d] = true // the build stage's layers too, exported to the new cache
+	}
+	gets, uploads := log.blobTransfers(watched)
 	if len(gets) != 0 || len(uploads) != 0 {
 		t.Errorf("machine B downloaded layers %q and uploaded %q, want none", gets, uploads)
 	}
@@ -311,4 +319,26 @@ func TestRemoteCacheLostLayer(t *testing.T) {
 		!strings.Contains(w[0], last.String()) {
 		t.Errorf("%d RUNs (want 1), %+v (want 5 hits), warnings %q", runs, res.Cache, w)
 	}
+}
+
+// artifactLayers lists the layer digests of the manifest at ref.
+func artifactLayers(t *testing.T, ref string) []v1.Hash {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []v1.Hash
+	for _, l := range m.Layers {
+		out = append(out, l.Digest)
+	}
+	return out
 }

@@ -147,9 +147,17 @@ func PushCache(ctx context.Context, ref string, steps []CacheStep, opts Options)
 	if err != nil {
 		return &Error{Op: "pushing cache", Ref: ref, Cause: oneLine(err.Error()), Err: err}
 	}
+	// Lazy step layers (from another cache of this registry) are mounted,
+	// not downloaded to be uploaded again.
+	originals := map[v1.Hash]v1.Layer{}
+	for _, s := range steps {
+		if d, err := s.Layer.Digest(); err == nil {
+			originals[d] = s.Layer
+		}
+	}
 	pusher, err := remote.NewPusher(opts.remoteOptions(ctx)...)
 	if err == nil {
-		err = pusher.Push(ctx, t, img)
+		err = pusher.Push(ctx, t, &mountImage{Image: img, mount: opts.mountSources(t.Context(), originals)})
 	}
 	return wrapErr("pushing cache", ref, t, err)
 }

@@ -71,16 +71,20 @@ type sourced interface {
 // mountSources returns a function presenting each layer that has a source
 // on target's registry (another repository than target) as mountable from
 // there, so that a push mounts it rather than uploading it, and without
-// reading it: a lazy layer is then never downloaded.
-func (o Options) mountSources(target name.Repository) func(v1.Layer) v1.Layer {
+// reading it: a lazy layer is then never downloaded. A layer that does not
+// say its sources is looked up by digest in originals (the layers an image
+// was assembled from, which its own layers may wrap).
+func (o Options) mountSources(target name.Repository, originals map[v1.Hash]v1.Layer) func(v1.Layer) v1.Layer {
 	return func(l v1.Layer) v1.Layer {
-		s, ok := l.(sourced)
-		if !ok {
-			return l
-		}
 		d, err := l.Digest()
 		if err != nil {
 			return l
+		}
+		s, ok := l.(sourced)
+		if !ok {
+			if s, ok = originals[d].(sourced); !ok {
+				return l
+			}
 		}
 		for _, repo := range s.BlobSources() {
 			r, err := o.parseRef(repo + "@" + d.String())

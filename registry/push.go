@@ -36,7 +36,7 @@ func Push(ctx context.Context, img v1.Image, tags []string, opts Options) error 
 	}
 	pushed := map[string]name.Reference{} // registry -> a repository holding the blobs
 	for _, group := range groupByRepo(parsed) {
-		var src v1.Image = &mountImage{Image: img, mount: opts.mountSources(group[0].Context())}
+		var src v1.Image = &mountImage{Image: img, mount: opts.mountSources(group[0].Context(), nil)}
 		if from, ok := pushed[group[0].RegistryStr()]; ok {
 			src = &mountImage{Image: img, mount: mountFrom(from)}
 		}
