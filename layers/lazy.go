@@ -201,27 +201,41 @@ func (s *Store) fetchFrom(lz *lazyState, repo string, desc v1.Descriptor, diffID
 	return s.putLayerBlob(lz.ctx, rc, desc, diffID)
 }
 
+// fetchParallel bounds the concurrent downloads of FetchImage.
+const fetchParallel = 4
+
 // FetchImage downloads every layer blob of stored image img that the store
-// knows only by its sources, so that the OCI layout under OCILayout() holds
-// the whole image (for tools that read it directly).
+// knows only by its sources (fetchParallel at a time), so that the OCI
+// layout under OCILayout() holds the whole image (for tools that read it
+// directly).
 func (s *Store) FetchImage(ctx context.Context, img v1.Image) error {
 	ls, err := img.Layers()
 	if err != nil {
 		return err
 	}
+	var missing []*storeLayer
 	for _, l := range ls {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
 		sl, ok := l.(*storeLayer)
-		if !ok || sl.s.root != s.root || s.hasBlob(sl.digest, sl.size) {
-			continue
-		}
-		if err := s.fetchBlob(sl); err != nil {
-			return err
+		if ok && sl.s.root == s.root && !s.hasBlob(sl.digest, sl.size) {
+			missing = append(missing, sl)
 		}
 	}
-	return nil
+	errs := make([]error, len(missing))
+	sem := make(chan struct{}, fetchParallel)
+	var wg sync.WaitGroup
+	for i, sl := range missing {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if errs[i] = ctx.Err(); errs[i] == nil {
+				errs[i] = s.fetchBlob(sl)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // BlobSources lists the registry repositories the layer's blob is known to

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"io"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -23,6 +24,10 @@ func NewFetcher(opts Options, count func(repo string, n int)) layers.Fetcher {
 type fetcher struct {
 	opts  Options
 	count func(repo string, n int)
+
+	once      sync.Once // makes puller, whose per-repository auth is reused
+	puller    *remote.Puller
+	pullerErr error
 }
 
 // Fetch implements layers.Fetcher. The reader fails (at the latest at EOF)
@@ -33,11 +38,11 @@ func (f *fetcher) Fetch(ctx context.Context, repo string, desc v1.Descriptor) (i
 	if err != nil {
 		return nil, &Error{Op: "fetching layer", Ref: ref, Cause: "invalid reference: " + oneLine(err.Error()), Err: err}
 	}
-	puller, err := remote.NewPuller(f.opts.remoteOptions(ctx)...)
-	if err != nil {
-		return nil, wrapErr("fetching layer", ref, r, err)
+	f.once.Do(func() { f.puller, f.pullerErr = remote.NewPuller(f.opts.remoteOptions(ctx)...) })
+	if f.pullerErr != nil {
+		return nil, wrapErr("fetching layer", ref, r, f.pullerErr)
 	}
-	rc, err := remoteBlob(ctx, puller, r.Context(), desc)
+	rc, err := remoteBlob(ctx, f.puller, r.Context(), desc)
 	if err != nil {
 		return nil, wrapErr("fetching layer", ref, r, err)
 	}
