@@ -201,6 +201,11 @@ func (r *stageRun) onMount(ctx context.Context, fn func(root string) error) (v1.
 	if err != nil {
 		return nil, err
 	}
+	// Lazy layers (a base pulled lazily, cache hits) are fetched in
+	// parallel rather than one by one as Prepare extracts them.
+	if err := r.b.opts.Store.FetchLayers(ctx, r.layers); err != nil {
+		return nil, err
+	}
 	m, err := snap.Prepare(ctx, r.layers)
 	if err != nil {
 		return nil, err

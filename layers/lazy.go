@@ -205,14 +205,19 @@ func (s *Store) fetchFrom(lz *lazyState, repo string, desc v1.Descriptor, diffID
 const fetchParallel = 4
 
 // FetchImage downloads every layer blob of stored image img that the store
-// knows only by its sources (fetchParallel at a time), so that the OCI
-// layout under OCILayout() holds the whole image (for tools that read it
-// directly).
+// knows only by its sources, so that the OCI layout under OCILayout() holds
+// the whole image (for tools that read it directly).
 func (s *Store) FetchImage(ctx context.Context, img v1.Image) error {
 	ls, err := img.Layers()
 	if err != nil {
 		return err
 	}
+	return s.FetchLayers(ctx, ls)
+}
+
+// FetchLayers downloads the lazy blobs among ls (layers of this store),
+// fetchParallel at a time; other layers are left alone.
+func (s *Store) FetchLayers(ctx context.Context, ls []v1.Layer) error {
 	var missing []*storeLayer
 	for _, l := range ls {
 		sl, ok := l.(*storeLayer)
