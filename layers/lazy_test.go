@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -150,16 +151,22 @@ func (s *sourcedImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
 func TestPutImageLazy(t *testing.T) {
 	ctx := context.Background()
 	src := openTestStore(t)
-	l := bytesLayerTar(t, src, "base layer")
-	img, err := mutate.AppendLayers(empty.Image, l)
+	const repo = "127.0.0.1:5000/base"
+	f := &fakeFetcher{repos: map[string]map[v1.Hash][]byte{repo: {}}}
+	var ls []v1.Layer
+	for i := range 6 { // more than FetchLayers fetches at once
+		l := bytesLayerTar(t, src, fmt.Sprintf("base layer %d", i))
+		blob, _ := readAllClose(l.Compressed())
+		d, _ := l.Digest()
+		f.repos[repo][d] = blob
+		ls = append(ls, l)
+	}
+	img, err := mutate.AppendLayers(empty.Image, ls...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const repo = "127.0.0.1:5000/base"
 	pulled := &sourcedImage{Image: img, repo: repo}
-	blob, _ := readAllClose(l.Compressed())
-	ld, _ := l.Digest()
-	f := &fakeFetcher{repos: map[string]map[v1.Hash][]byte{repo: {ld: blob}}}
+	ld, _ := ls[0].Digest()
 	dst := openTestStore(t).WithFetcher(ctx, f)
 
 	dgst, err := dst.PutImageLazy(ctx, pulled)
@@ -183,11 +190,17 @@ func TestPutImageLazy(t *testing.T) {
 	if _, err := dst.Prune(ctx); err != nil || len(dst.BlobSources(ld)) != 1 {
 		t.Fatalf("prune of a tagged lazy image: %v, sources %q", err, dst.BlobSources(ld))
 	}
-	if err := dst.FetchImage(ctx, stored); err != nil || f.count() != 1 {
-		t.Fatalf("FetchImage: %v, %d fetches", err, f.count())
+	if err := dst.FetchImage(ctx, stored); err != nil || f.count() != len(ls) {
+		t.Fatalf("FetchImage: %v, %d fetches, want %d", err, f.count(), len(ls))
 	}
-	if _, err := os.Stat(blobFile(dst, ld)); err != nil {
-		t.Fatalf("after FetchImage: %v", err)
+	for _, l := range ls {
+		d, _ := l.Digest()
+		if _, err := os.Stat(blobFile(dst, d)); err != nil {
+			t.Fatalf("after FetchImage: %v", err)
+		}
+	}
+	if err := dst.FetchImage(ctx, stored); err != nil || f.count() != len(ls) {
+		t.Fatalf("second FetchImage: %v, %d fetches, want none more", err, f.count())
 	}
 	// An eager PutImage of the same pulled image records the source too.
 	eager := openTestStore(t)
