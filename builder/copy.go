@@ -53,6 +53,9 @@ type copyOp struct {
 	Add bool
 	// Checksum is ADD --checksum (sha256:, sha384: or sha512: hex) for a URL.
 	Checksum string
+	// TempDir receives the files ADD downloads ("": the host's default
+	// temporary directory).
+	TempDir string
 	// Unpack is ADD --unpack; nil means extract local archives only.
 	Unpack *bool
 	// KeepGitDir is ADD --keep-git-dir (git sources are not supported yet).

@@ -216,7 +216,7 @@ func (c *copier) get(ctx context.Context, src string) (*http.Response, error) {
 // save writes body to a temporary file (removed with the copier), hashing
 // it with sha256 for the cache key and with h (--checksum) when set.
 func (c *copier) save(body io.Reader, f *fetchedURL, h hash.Hash) error {
-	tmp, err := os.CreateTemp("", "imgbuild-add-")
+	tmp, err := os.CreateTemp(c.op.TempDir, "imgbuild-add-")
 	if err != nil {
 		return err
 	}

@@ -82,6 +82,7 @@ func (r *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	op.Add = true
 	op.Checksum = c.Checksum
 	op.Unpack = c.Unpack
+	op.TempDir = r.b.tmp // the build's directory in the store, cleaned even after a kill
 	if c.KeepGitDir != nil {
 		op.KeepGitDir = *c.KeepGitDir
 	}
