@@ -64,6 +64,13 @@ type copyOp struct {
 	SourceDateEpoch *time.Time
 	// HTTPClient fetches ADD URLs; nil means a default client.
 	HTTPClient *http.Client
+	// URLCache, when set, keeps what each ADD URL answered (ETag, content
+	// digest) across builds: a rebuild asks with If-None-Match, and a 304
+	// keys the step without a download (see fetchCached).
+	URLCache urlCache
+	// Revalidate sends If-None-Match with URLCache's ETag (false when the
+	// step runs whatever the key: --no-cache).
+	Revalidate bool
 	// Fetched holds the ADD URLs already downloaded, by source argument
 	// (see prefetch); the copy uses them instead of downloading again, and
 	// sourcesDigest keys them by their content.

@@ -82,10 +82,11 @@ func parseChecksum(s string) (algo string, want []byte, h hash.Hash, err error) 
 // fetchedURL is a downloaded ADD URL: the item to copy and what the
 // step's cache key needs of it (see prefetch).
 type fetchedURL struct {
-	item         srcItem
-	sha256       string // hex digest of the content
+	item         srcItem // item.path is "" when the server answered 304 (see fetchCached)
+	sha256       string  // hex digest of the content
 	size         int64
 	lastModified string // the file's mtime from Last-Modified (RFC 1123), "" without one
+	etag         string // the response's ETag, "" without one
 }
 
 // prefetch downloads the http(s) sources of an ADD without --checksum into
@@ -114,7 +115,7 @@ func prefetch(ctx context.Context, op *copyOp) (cleanup func(), err error) {
 		if !isHTTPSource(src) || op.Fetched[src] != nil {
 			continue
 		}
-		f, err := c.fetch(ctx, src)
+		f, err := c.fetchCached(ctx, src)
 		if err != nil {
 			c.cleanup()
 			return nil, err
@@ -130,7 +131,9 @@ func prefetch(ctx context.Context, op *copyOp) (cleanup func(), err error) {
 // remoteItem is the item of an ADD URL: the file prefetch downloaded, else
 // a download now.
 func (c *copier) remoteItem(ctx context.Context, src string) (srcItem, error) {
-	if f := c.op.Fetched[src]; f != nil {
+	if f := c.op.Fetched[src]; f != nil && f.item.path == "" {
+		return c.refetch(ctx, src, f) // keyed from a 304, and the step missed
+	} else if f != nil {
 		return f.item, nil
 	}
 	f, err := c.fetch(ctx, src)
@@ -145,6 +148,12 @@ func (c *copier) remoteItem(ctx context.Context, src string) (srcItem, error) {
 // --checksum before anything is written to the image. Remote archives are
 // extracted only with --unpack=true.
 func (c *copier) fetch(ctx context.Context, src string) (*fetchedURL, error) {
+	return c.fetchIf(ctx, src, "")
+}
+
+// fetchIf is fetch with If-None-Match: etag (when not ""); a 304 answer
+// returns a fetchedURL without a file (item.path "").
+func (c *copier) fetchIf(ctx context.Context, src, etag string) (*fetchedURL, error) {
 	u, err := url.Parse(src)
 	if err != nil {
 		return nil, fmt.Errorf("ADD %s: %w", src, err)
@@ -159,12 +168,15 @@ func (c *copier) fetch(ctx context.Context, src string) (*fetchedURL, error) {
 			return nil, err
 		}
 	}
-	resp, err := c.get(ctx, src)
+	resp, err := c.get(ctx, src, etag)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	f := &fetchedURL{item: srcItem{name: urlFileName(u), shown: src}}
+	f := &fetchedURL{item: srcItem{name: urlFileName(u), shown: src}, etag: resp.Header.Get("ETag")}
+	if resp.StatusCode == http.StatusNotModified {
+		return f, nil // path "": the caller knows the content
+	}
 	if err := c.save(resp.Body, f, h); err != nil {
 		return nil, fmt.Errorf("ADD %s: downloading: %w", src, err)
 	}
@@ -191,8 +203,9 @@ func (c *copier) fetch(ctx context.Context, src string) (*fetchedURL, error) {
 	return f, nil
 }
 
-// get requests src and checks that the answer is a success.
-func (c *copier) get(ctx context.Context, src string) (*http.Response, error) {
+// get requests src (with If-None-Match: etag when not "") and checks that
+// the answer is a success, or 304 to a conditional request.
+func (c *copier) get(ctx context.Context, src, etag string) (*http.Response, error) {
 	client := c.op.HTTPClient
 	if client == nil {
 		client = defaultHTTPClient()
@@ -202,9 +215,15 @@ func (c *copier) get(ctx context.Context, src string) (*http.Response, error) {
 		return nil, fmt.Errorf("ADD %s: %w", src, err)
 	}
 	req.Header.Set("User-Agent", "imgbuild")
+	if etag != "" {
+		req.Header.Set("If-None-Match", etag)
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("ADD %s: %w", src, err)
+	}
+	if etag != "" && resp.StatusCode == http.StatusNotModified {
+		return resp, nil
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		resp.Body.Close()

@@ -82,7 +82,8 @@ func (r *stageRun) add(ctx context.Context, c *instructions.AddCommand) error {
 	op.Add = true
 	op.Checksum = c.Checksum
 	op.Unpack = c.Unpack
-	op.TempDir = r.b.tmp // the build's directory in the store, cleaned even after a kill
+	op.TempDir = r.b.tmp                                      // the build's directory in the store, cleaned even after a kill
+	op.URLCache, op.Revalidate = r.b.opts.Store, r.useCache() // If-None-Match unless the step runs anyway
 	if c.KeepGitDir != nil {
 		op.KeepGitDir = *c.KeepGitDir
 	}

@@ -264,7 +264,8 @@ type CachePruneOptions struct {
 }
 
 // PruneCache deletes step cache records as opts say and returns how many.
-// Their blobs are deleted by the next Prune unless still referenced.
+// Their blobs are deleted by the next Prune unless still referenced. The
+// small records of PutCacheMeta go with All, and with Until when older.
 func (s *Store) PruneCache(ctx context.Context, opts CachePruneOptions) (int, error) {
 	recs, err := s.CacheRecords(ctx)
 	if err != nil {
@@ -288,6 +289,9 @@ func (s *Store) PruneCache(ctx context.Context, opts CachePruneOptions) (int, er
 		if drop {
 			del = append(del, r.Key)
 		}
+	}
+	if err := s.pruneMeta(opts.All, opts.Until); err != nil {
+		return 0, fmt.Errorf("pruning the build cache: %w", err)
 	}
 	return len(del), s.CacheDelete(ctx, del...)
 }
