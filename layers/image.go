@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -108,12 +109,12 @@ func (s *Store) putLayer(ctx context.Context, img v1.Image, desc v1.Descriptor, 
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
-	if src := s.layerSource(l); src != "" {
+	if ml, ok := l.(*remote.MountableLayer); ok { // pulled: record where from
 		diffID, err := l.DiffID()
 		if err != nil {
 			return fmt.Errorf("layer %s: %w", desc.Digest, err)
 		}
-		if err := s.AddBlobSource(ctx, desc, diffID, src); err != nil {
+		if err := s.AddBlobSource(ctx, desc, diffID, ml.Reference.Context().Name()); err != nil {
 			return err
 		}
 		if lazy {

@@ -13,7 +13,6 @@ import (
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -247,23 +246,6 @@ func (s *Store) FetchLayers(ctx context.Context, ls []v1.Layer) error {
 // be in (see Store.AddBlobSource): a push to another repository of one of
 // those registries can mount it instead of uploading it.
 func (l *storeLayer) BlobSources() []string { return l.s.BlobSources(l.digest) }
-
-// layerSource is the repository a layer being stored can be fetched from
-// later: a layer pulled from a registry (remote.MountableLayer), or a
-// layer of this store with sources.
-func (s *Store) layerSource(l v1.Layer) string {
-	switch t := l.(type) {
-	case *remote.MountableLayer:
-		return t.Reference.Context().Name()
-	case *storeLayer:
-		if t.s.root == s.root {
-			if repos := s.BlobSources(t.digest); len(repos) > 0 {
-				return repos[0]
-			}
-		}
-	}
-	return ""
-}
 
 // sweepSources deletes the source records of blobs not in keep.
 func (s *Store) sweepSources(ctx context.Context, keep map[v1.Hash]bool) error {
