@@ -142,14 +142,12 @@ func (r *stageRun) remoteHit(ctx context.Context, key v1.Hash, createdBy string)
 
 func (rc *remoteCache) fetch(ctx context.Context, b *build, c *registry.Cache, hit registry.CacheHit, createdBy string) (v1.Layer, error) {
 	defer rc.lock(hit.Layer.Digest)()
-	// A blob left lazy must be there when read or mounted: a cache that
-	// lost it is a miss now (a warning), not a failed fetch later.
-	if err := c.CheckLayer(ctx, hit.Layer); err != nil {
-		return nil, err
-	}
 	return b.opts.Store.CacheImport(ctx, layers.CacheImportOptions{
 		Key: hit.Key, Next: hit.Next, Layer: hit.Layer, DiffID: hit.DiffID, CreatedBy: createdBy,
 		Repository: c.Repository, // a registry cache's blobs stay there until needed
+		// A blob left lazy must be there when read or mounted: a cache
+		// that lost it is a miss now (a warning), not a failed fetch later.
+		Check: func(ctx context.Context) error { return c.CheckLayer(ctx, hit.Layer) },
 		Open: func(ctx context.Context) (io.ReadCloser, error) {
 			body, err := c.OpenLayer(ctx, hit.Layer)
 			if err != nil {

@@ -24,6 +24,9 @@ type CacheImportOptions struct {
 	// Open returns the blob's bytes. It is called only when the store
 	// lacks the blob and Repository is empty.
 	Open func(context.Context) (io.ReadCloser, error)
+	// Check, when set, is called before a blob is recorded as lazy (the
+	// store lacks it, Repository is set): an error fails the import.
+	Check func(context.Context) error
 }
 
 // CacheImport records the step o describes under o.Key. A blob downloaded
@@ -57,6 +60,11 @@ func (s *Store) CacheImport(ctx context.Context, o CacheImportOptions) (v1.Layer
 			}
 		}
 	case o.Repository != "":
+		if o.Check != nil {
+			if err := o.Check(ctx); err != nil {
+				return nil, err
+			}
+		}
 		if err := s.AddBlobSource(ctx, desc, o.DiffID, o.Repository); err != nil {
 			return nil, err
 		}

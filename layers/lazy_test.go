@@ -222,3 +222,29 @@ func mustRef(s string) name.Reference {
 	}
 	return r
 }
+
+// TestCacheImportCheck: Check runs only for a blob that stays lazy; its
+// error fails the import and records nothing.
+func TestCacheImportCheck(t *testing.T) {
+	ctx := context.Background()
+	src := openTestStore(t)
+	l := bytesLayerTar(t, src, "checked layer")
+	d, _ := partial.Descriptor(l)
+	diffID, _ := l.DiffID()
+	checks := 0
+	gone := errors.New("blob unknown")
+	dst := openTestStore(t)
+	_, err := dst.CacheImport(ctx, layers.CacheImportOptions{Key: keyOf("a"), Layer: *d, DiffID: diffID, Repository: "r/c",
+		Check: func(context.Context) error { checks++; return gone }})
+	if !errors.Is(err, gone) || checks != 1 {
+		t.Fatalf("failing check: %v after %d checks", err, checks)
+	}
+	if _, ok, _ := dst.CacheGet(ctx, keyOf("a")); ok || len(dst.BlobSources(d.Digest)) != 0 {
+		t.Fatal("a failed check recorded the step")
+	}
+	// The same blob stored already: nothing to check.
+	if _, err := src.CacheImport(ctx, layers.CacheImportOptions{Key: keyOf("b"), Layer: *d, DiffID: diffID, Repository: "r/c",
+		Check: func(context.Context) error { checks++; return nil }}); err != nil || checks != 1 {
+		t.Fatalf("stored blob: %v, %d checks (want none more)", err, checks)
+	}
+}
