@@ -187,10 +187,7 @@ func TestRemoteCachePushMounts(t *testing.T) {
 	}
 
 	// The pushed image is complete: every blob reads and verifies.
-	pushed, err := registry.Pull(context.Background(), target, regA)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pushed := pullImage(t, target, regA)
 	if err := validate.Image(pushed); err != nil {
 		t.Fatalf("pushed image: %v", err)
 	}
@@ -226,14 +223,14 @@ func TestRemoteCachePushMounts(t *testing.T) {
 		if n := storedBlobs(t, c.store, digests); n != len(digests) {
 			t.Errorf("%d of %d layers stored", n, len(digests))
 		}
-		stepBytes := layerBytes(t, res.Image, pushedBase(t, base, regC))
+		stepBytes := layerBytes(t, res.Image, pullImage(t, base, regC))
 		if want := cache.MetadataBytes + stepBytes; res.Cache.BytesDownloaded != want {
 			t.Errorf("%d bytes downloaded from the cache, want %d (metadata and step layers)", res.Cache.BytesDownloaded, want)
 		}
 	})
 }
 
-func pushedBase(t *testing.T, ref string, reg registry.Options) v1.Image {
+func pullImage(t *testing.T, ref string, reg registry.Options) v1.Image {
 	t.Helper()
 	img, err := registry.Pull(context.Background(), ref, reg)
 	if err != nil {
