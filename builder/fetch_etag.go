@@ -37,8 +37,10 @@ func (c *copier) fetchCached(ctx context.Context, src string) (*fetchedURL, erro
 		return c.fetch(ctx, src)
 	}
 	var m urlMeta
-	if b, err := uc.CacheMeta(ctx, urlMetaKind, src); !c.op.Revalidate || err != nil || json.Unmarshal(b, &m) != nil || m.SHA256 == "" {
-		m = urlMeta{}
+	if c.op.Revalidate {
+		if b, err := uc.CacheMeta(ctx, urlMetaKind, src); err != nil || json.Unmarshal(b, &m) != nil || m.SHA256 == "" {
+			m = urlMeta{}
+		}
 	}
 	f, err := c.fetchIf(ctx, src, m.ETag)
 	if err != nil {
